@@ -1,0 +1,25 @@
+"""phonebridge: a Google Gemini Live voice agent on a Twilio phone number."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Agent", "CallContext", "__version__"]
+
+if TYPE_CHECKING:
+    from phonebridge.agent import Agent
+    from phonebridge.context import CallContext
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that `import phonebridge.audio` does not pull in google-genai.
+    if name == "Agent":
+        from phonebridge.agent import Agent
+
+        return Agent
+    if name == "CallContext":
+        from phonebridge.context import CallContext
+
+        return CallContext
+    raise AttributeError(name)
