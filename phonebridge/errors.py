@@ -10,7 +10,9 @@ Each error says who broke the contract (the peer, our user, or the environment) 
     ├── SignatureError               a request not signed by Twilio: answered 403, no session opened
     ├── ConfigError                  our user's configuration is wrong: refused at start, before any call
     ├── ModelUnavailable             the Live service cannot be reached: the call falls back (TwiML)
-    └── ToolError                    a business handler failed: the model is told, the call goes on
+    ├── ToolError                    a business handler failed: the model is told, the call goes on
+    │   └── ToolArgumentError        the model's arguments do not fit the tool's signature: it may retry
+    └── TwilioApiError               Twilio's REST API refused a request (after retries for transient failures)
 """
 
 from __future__ import annotations
@@ -50,3 +52,16 @@ class ModelUnavailable(PhonebridgeError):
 
 class ToolError(PhonebridgeError):
     """A business handler failed; its message is what the model is told."""
+
+
+class ToolArgumentError(ToolError):
+    """The model called a tool with arguments that do not fit its declared parameters."""
+
+
+class TwilioApiError(PhonebridgeError):
+    """Twilio's REST API refused a request. `status` is the HTTP status (None: no response), `code` Twilio's code."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
