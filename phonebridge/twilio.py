@@ -1,0 +1,419 @@
+"""Twilio Media Streams, the protocol core: no I/O, no clock.
+
+The WebSocket handler feeds every text frame to :func:`parse_event` and gets back one frozen event, or a
+:class:`~phonebridge.errors.TwilioProtocolError` whose ``reason`` tag says what was wrong (count it, drop the
+frame, and decide whether the stream can still be trusted). To talk back it sends the strings built by
+:func:`media_message`, :func:`mark_message` and :func:`clear_message`, and only after ``start`` gave it a
+``streamSid``. Base64 lives in this module and nowhere else: events carry decoded mu-law bytes.
+
+Decision on unknown events: they are *returned* as :class:`Unknown`, never raised, so that Twilio adding an
+event type never breaks a live call. The caller logs and counts them, and otherwise ignores them.
+
+Wire facts (see shared/PROTOCOLS.md): numbers arrive as strings (``sequenceNumber``, ``chunk``,
+``timestamp``) except ``mediaFormat.sampleRate``/``channels`` which are JSON numbers; we accept both forms
+everywhere and reject anything that is not a non-negative integer.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NoReturn, TypeAlias
+
+from phonebridge.errors import TwilioProtocolError
+
+FRAME_BYTES = 160
+"""20 ms of 8 kHz mu-law: the unit of marks and barge-in."""
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
+# A 19-digit decimal always fits in int64; anything longer is not a counter Twilio would send, and
+# refusing it early keeps int() away from attacker-sized strings.
+_MAX_DIGITS = 19
+_DTMF_DIGITS = frozenset("0123456789*#ABCD")
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """Always the first message on a stream."""
+
+    protocol: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The stream's metadata, sent once; ``custom_parameters`` are the TwiML ``<Parameter>``s (read-only)."""
+
+    sequence_number: int
+    stream_sid: str
+    account_sid: str
+    call_sid: str
+    tracks: tuple[str, ...]
+    custom_parameters: Mapping[str, str]
+    encoding: str
+    sample_rate: int
+    channels: int
+
+
+@dataclass(frozen=True, slots=True)
+class Media:
+    """One chunk of caller audio; ``payload`` is the decoded mu-law, ``timestamp`` ms since stream start."""
+
+    sequence_number: int
+    stream_sid: str
+    track: str
+    chunk: int
+    timestamp: int
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dtmf:
+    """A key the caller pressed: one of ``0-9 * # A-D``."""
+
+    sequence_number: int
+    stream_sid: str
+    track: str
+    digit: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A mark we sent, echoed once the audio queued before it played, or at once after a ``clear``."""
+
+    sequence_number: int
+    stream_sid: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The stream ended (the call hung up, or was redirected)."""
+
+    sequence_number: int
+    stream_sid: str
+    account_sid: str
+    call_sid: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """An event this version does not know; ``raw`` is the whole message, read-only. Log it and go on."""
+
+    event: str
+    raw: Mapping[str, Any]
+
+
+TwilioEvent: TypeAlias = Connected | Start | Media | Dtmf | Mark | Stop | Unknown
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+
+def parse_event(text: str | bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> TwilioEvent:
+    """Parse one Media Streams message into an event, or raise ``TwilioProtocolError`` with a ``reason``.
+
+    Reasons: ``too_large``, ``not_json``, ``not_object``, ``missing_field``, ``bad_type``, ``bad_value``,
+    ``bad_base64``, ``unsupported_format``. The size of a ``str`` is measured in characters (the protocol
+    is ASCII, so that equals its bytes) to keep the hot path free of an encode.
+    """
+    if len(text) > max_message_bytes:
+        raise TwilioProtocolError(
+            f"message of {len(text)} bytes exceeds the {max_message_bytes}-byte limit", reason="too_large"
+        )
+    try:
+        msg = json.loads(text)
+    except UnicodeDecodeError:
+        raise TwilioProtocolError("message is not UTF-8 text", reason="not_json") from None
+    except json.JSONDecodeError as exc:
+        raise TwilioProtocolError(
+            f"message is not valid JSON: {exc.msg} at char {exc.pos}", reason="not_json"
+        ) from None
+    if type(msg) is not dict:
+        raise TwilioProtocolError(f"message is a JSON {_json_type(msg)}, not an object", reason="not_object")
+    event = msg.get("event")
+    if type(event) is not str:
+        if event is None and "event" not in msg:
+            raise TwilioProtocolError("message has no 'event' field", reason="missing_field")
+        raise TwilioProtocolError(f"field 'event' must be a string, got {_json_type(event)}", reason="bad_type")
+    parser = _PARSERS.get(event)
+    if parser is None:
+        return Unknown(event, MappingProxyType(msg))
+    return parser(msg)
+
+
+def _parse_media(msg: dict[str, Any]) -> Media:
+    # The hot path: 50 messages a second per call. Plain dict lookups; helpers only on the rare error.
+    media = _object(msg, "media", "media")
+    payload = _string(media, "payload", "media", "media.")
+    try:
+        decoded = binascii.a2b_base64(payload, strict_mode=True)
+    except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters in the str
+        _fail("media", f"field 'media.payload' is not valid base64 ({exc})", "bad_base64")
+    return Media(
+        _integer(msg, "sequenceNumber", "media"),
+        _sid(msg, "streamSid", "media"),
+        _string(media, "track", "media", "media."),
+        _integer(media, "chunk", "media", "media."),
+        _integer(media, "timestamp", "media", "media."),
+        decoded,
+    )
+
+
+def _parse_connected(msg: dict[str, Any]) -> Connected:
+    return Connected(_string(msg, "protocol", "connected"), _string(msg, "version", "connected"))
+
+
+def _parse_start(msg: dict[str, Any]) -> Start:
+    ev = "start"
+    start = _object(msg, "start", ev)
+    stream_sid = _sid(msg, "streamSid", ev)
+    inner_sid = start.get("streamSid", stream_sid)
+    if inner_sid != stream_sid:
+        _fail(ev, f"field 'start.streamSid' {inner_sid!r} differs from 'streamSid' {stream_sid!r}", "bad_value")
+    fmt = _object(start, "mediaFormat", ev, "start.")
+    encoding = _string(fmt, "encoding", ev, "start.mediaFormat.")
+    sample_rate = _integer(fmt, "sampleRate", ev, "start.mediaFormat.")
+    channels = _integer(fmt, "channels", ev, "start.mediaFormat.")
+    if (encoding, sample_rate, channels) != ("audio/x-mulaw", 8000, 1):
+        _fail(
+            ev,
+            f"unsupported media format {encoding} {sample_rate} Hz {channels} channel(s);"
+            " phonebridge needs audio/x-mulaw 8000 Hz mono",
+            "unsupported_format",
+        )
+    return Start(
+        sequence_number=_integer(msg, "sequenceNumber", ev),
+        stream_sid=stream_sid,
+        account_sid=_sid(start, "accountSid", ev, "start."),
+        call_sid=_sid(start, "callSid", ev, "start."),
+        tracks=_tracks(start),
+        custom_parameters=_custom_parameters(start),
+        encoding=encoding,
+        sample_rate=sample_rate,
+        channels=channels,
+    )
+
+
+def _tracks(start: dict[str, Any]) -> tuple[str, ...]:
+    tracks = _field(start, "tracks", "start", "start.")
+    if type(tracks) is not list or any(type(t) is not str for t in tracks):
+        _fail("start", f"field 'start.tracks' must be an array of strings, got {_json_type(tracks)}", "bad_type")
+    return tuple(tracks)
+
+
+def _custom_parameters(start: dict[str, Any]) -> Mapping[str, str]:
+    # Absent when the TwiML had no <Parameter>: treat as empty rather than reject the call.
+    if "customParameters" not in start:
+        return _EMPTY
+    params = _object(start, "customParameters", "start", "start.")
+    for name, value in params.items():
+        if type(value) is not str:
+            where = f"start.customParameters.{name}"
+            _fail("start", f"field '{where}' must be a string, got {_json_type(value)}", "bad_type")
+    return MappingProxyType(params)
+
+
+def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
+    dtmf = _object(msg, "dtmf", "dtmf")
+    digit = _string(dtmf, "digit", "dtmf", "dtmf.")
+    if digit not in _DTMF_DIGITS:
+        _fail("dtmf", f"field 'dtmf.digit' must be one of 0-9 * # A-D, got {digit!r}", "bad_value")
+    return Dtmf(
+        _integer(msg, "sequenceNumber", "dtmf"),
+        _sid(msg, "streamSid", "dtmf"),
+        _string(dtmf, "track", "dtmf", "dtmf."),
+        digit,
+    )
+
+
+def _parse_mark(msg: dict[str, Any]) -> Mark:
+    mark = _object(msg, "mark", "mark")
+    return Mark(
+        _integer(msg, "sequenceNumber", "mark"), _sid(msg, "streamSid", "mark"), _string(mark, "name", "mark", "mark.")
+    )
+
+
+def _parse_stop(msg: dict[str, Any]) -> Stop:
+    stop = _object(msg, "stop", "stop")
+    return Stop(
+        _integer(msg, "sequenceNumber", "stop"),
+        _sid(msg, "streamSid", "stop"),
+        _sid(stop, "accountSid", "stop", "stop."),
+        _sid(stop, "callSid", "stop", "stop."),
+    )
+
+
+_PARSERS: Mapping[str, Any] = MappingProxyType(
+    {
+        "media": _parse_media,
+        "connected": _parse_connected,
+        "start": _parse_start,
+        "dtmf": _parse_dtmf,
+        "mark": _parse_mark,
+        "stop": _parse_stop,
+    }
+)
+
+
+def _fail(event: str, problem: str, reason: str) -> NoReturn:
+    raise TwilioProtocolError(f"{event}: {problem}", reason=reason)
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _field(obj: dict[str, Any], key: str, event: str, where: str = "") -> Any:
+    try:
+        return obj[key]
+    except KeyError:
+        _fail(event, f"missing field '{where}{key}'", "missing_field")
+
+
+def _string(obj: dict[str, Any], key: str, event: str, where: str = "") -> str:
+    value = _field(obj, key, event, where)
+    if type(value) is not str:
+        _fail(event, f"field '{where}{key}' must be a string, got {_json_type(value)}", "bad_type")
+    return value
+
+
+def _sid(obj: dict[str, Any], key: str, event: str, where: str = "") -> str:
+    value = _string(obj, key, event, where)
+    if not value:
+        _fail(event, f"field '{where}{key}' must not be empty", "bad_value")
+    return value
+
+
+def _object(obj: dict[str, Any], key: str, event: str, where: str = "") -> dict[str, Any]:
+    value = _field(obj, key, event, where)
+    if type(value) is not dict:
+        _fail(event, f"field '{where}{key}' must be an object, got {_json_type(value)}", "bad_type")
+    return value
+
+
+def _integer(obj: dict[str, Any], key: str, event: str, where: str = "") -> int:
+    value = _field(obj, key, event, where)
+    if type(value) is str:
+        # isascii() first: str.isdigit() accepts digits such as '²' that int() refuses.
+        if 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit():
+            return int(value)
+    elif type(value) is int:
+        if value >= 0:
+            return value
+    else:
+        _fail(event, f"field '{where}{key}' must be a number or a string of digits, got {_json_type(value)}", "bad_type")
+    _fail(event, f"field '{where}{key}' must be a non-negative integer, got {value!r}", "bad_value")
+
+
+# --- outbound messages ---------------------------------------------------------------------------------
+
+
+def media_message(stream_sid: str, ulaw: bytes) -> str:
+    """``{"event":"media",...}`` carrying raw 8 kHz mu-law (any length; frame it first for precise marks)."""
+    payload = binascii.b2a_base64(ulaw, newline=False).decode("ascii")
+    # The payload is pure base64: only the sid needs JSON escaping.
+    return f'{{"event":"media","streamSid":{_sid_json(stream_sid)},"media":{{"payload":"{payload}"}}}}'
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    """``{"event":"mark",...}``: Twilio echoes it once everything queued before it has played (or was cleared)."""
+    if not name:
+        raise ValueError("a mark needs a non-empty name")
+    return f'{{"event":"mark","streamSid":{_sid_json(stream_sid)},"mark":{{"name":{json.dumps(name)}}}}}'
+
+
+def clear_message(stream_sid: str) -> str:
+    """``{"event":"clear",...}``: drops Twilio's buffered audio; every pending mark is then echoed."""
+    return f'{{"event":"clear","streamSid":{_sid_json(stream_sid)}}}'
+
+
+def _sid_json(stream_sid: str) -> str:
+    if not stream_sid:
+        # Nothing may be sent before `start` told us the streamSid.
+        raise ValueError("streamSid is empty: nothing may be sent before the start event")
+    return json.dumps(stream_sid)
+
+
+# --- framing and sequence tracking ---------------------------------------------------------------------
+
+
+class UlawFramer:
+    """Cuts an outbound mu-law stream into exact frames, carrying the remainder to the next push.
+
+    Whole frames let the call mark and cut playback at 20 ms precision. At the end of a turn call
+    :meth:`flush` to send the tail; on barge-in call :meth:`reset` to drop it.
+    """
+
+    __slots__ = ("_frame_bytes", "_rest")
+
+    def __init__(self, frame_bytes: int = FRAME_BYTES) -> None:
+        if frame_bytes <= 0:
+            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
+        self._frame_bytes = frame_bytes
+        self._rest = b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back, waiting for a full frame."""
+        return len(self._rest)
+
+    def push(self, ulaw: bytes) -> list[bytes]:
+        """Return every complete frame now available (maybe none); keep the remainder."""
+        size = self._frame_bytes
+        data = self._rest + ulaw if self._rest else bytes(ulaw)
+        end = len(data) - len(data) % size
+        self._rest = data[end:]
+        return [data[i : i + size] for i in range(0, end, size)]
+
+    def flush(self) -> bytes:
+        """Return the remainder (shorter than a frame, maybe empty) and start afresh."""
+        rest, self._rest = self._rest, b""
+        return rest
+
+    def reset(self) -> None:
+        """Drop the remainder (barge-in: the rest of the cut turn must never play)."""
+        self._rest = b""
+
+
+class SequenceTracker:
+    """Counts gaps in a counter that should rise by one (``sequenceNumber``, or media ``chunk``).
+
+    A number below the expected one counts as duplicate or reordered and does not move the expectation.
+    A late arrival after a gap was already counted as lost stays counted: ``lost`` is an upper bound.
+    """
+
+    __slots__ = ("_expected", "gaps", "lost", "duplicates_or_reordered")
+
+    def __init__(self, first: int = 1) -> None:
+        self._expected = first
+        self.gaps = 0
+        self.lost = 0
+        self.duplicates_or_reordered = 0
+
+    @property
+    def expected(self) -> int:
+        """The number the next message should carry."""
+        return self._expected
+
+    def observe(self, sequence_number: int) -> int:
+        """Record one number; return how many were skipped before it (0 when in order)."""
+        skipped = sequence_number - self._expected
+        if skipped < 0:
+            self.duplicates_or_reordered += 1
+            return 0
+        if skipped:
+            self.gaps += 1
+            self.lost += skipped
+        self._expected = sequence_number + 1
+        return skipped
