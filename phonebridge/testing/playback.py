@@ -1,0 +1,174 @@
+"""Twilio's outbound playback buffer, modelled: pure, no I/O, time is a parameter.
+
+What Twilio does with the audio a bidirectional stream sends it (shared/PROTOCOLS.md section 1):
+
+- media payloads queue up in order and play at 8000 bytes (8000 mu-law samples) a second;
+- a mark is echoed when all the audio queued before it has played, or at once if nothing is queued;
+- ``clear`` drops all queued audio and echoes every pending mark at once.
+
+The model keeps exact time: audio plays in *runs*; a run starts when audio arrives at an idle buffer and its
+bytes are due at ``run_start + offset / bytes_per_second``, so however coarsely (or late) ``advance`` is
+called, the audio is reported with the instant it started to play and marks come due where the audio before
+them ends. ``now`` never goes backwards: a smaller ``now`` than one already seen is taken as the latest one
+(this lets a driver "play instantly" by advancing to :meth:`PlaybackBuffer.drain_time`).
+
+Every method returns marks to echo *now*, in order; played audio is reported only by :meth:`advance` /
+:meth:`advance_segments`, so a driver calls ``advance`` whenever it wants to know what was heard.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class _Mark:
+    name: str
+
+
+# Float products like 0.12 * 8000 land a hair below the integer; this keeps a byte from arriving a tick late.
+_EPSILON_BYTES = 1e-6
+
+
+class PlaybackBuffer:
+    """Twilio's playback queue for one stream: ``enqueue``/``mark``/``clear`` in, ``advance(now)`` out."""
+
+    def __init__(self, bytes_per_second: int = 8000) -> None:
+        if bytes_per_second <= 0:
+            raise ValueError("bytes_per_second must be positive")
+        self._bps = bytes_per_second
+        self._queue: deque[bytes | _Mark] = deque()  # invariant after _settle: empty, or audio first
+        self._head_played = 0  # bytes of the head chunk already played
+        self._queued_bytes = 0  # audio bytes not yet played
+        self._run_start = 0.0
+        self._run_played = 0
+        self._now = -math.inf
+        self._out_segments: list[tuple[float, bytes]] = []
+        self._out_marks: list[str] = []
+
+    # -- inputs ---------------------------------------------------------------------------------------
+
+    def enqueue(self, ulaw: bytes, now: float) -> list[str]:
+        """Queue audio at ``now``; returns marks that came due up to ``now`` (to echo before anything else)."""
+        self._settle(now)
+        if ulaw:
+            if self._queued_bytes == 0:
+                self._begin_run(self._now)
+            self._queue.append(bytes(ulaw))
+            self._queued_bytes += len(ulaw)
+        return self._take_marks()
+
+    def mark(self, name: str, now: float) -> list[str]:
+        """Queue a mark; it is among the returned names at once if no audio is waiting before it."""
+        self._settle(now)
+        if self._queued_bytes == 0:
+            self._out_marks.append(name)
+        else:
+            self._queue.append(_Mark(name))
+        return self._take_marks()
+
+    def clear(self, now: float) -> list[str]:
+        """Drop every byte not yet played at ``now``; returns every pending mark (due ones first)."""
+        self._settle(now)
+        for item in self._queue:
+            if isinstance(item, _Mark):
+                self._out_marks.append(item.name)
+        self._queue.clear()
+        self._head_played = 0
+        self._queued_bytes = 0
+        return self._take_marks()
+
+    # -- outputs --------------------------------------------------------------------------------------
+
+    def advance(self, now: float) -> tuple[bytes, list[str]]:
+        """Play up to ``now``: the bytes played since the last call, and the marks that came due."""
+        segments, marks = self.advance_segments(now)
+        return b"".join(chunk for _, chunk in segments), marks
+
+    def advance_segments(self, now: float) -> tuple[list[tuple[float, bytes]], list[str]]:
+        """Like :meth:`advance`, with each contiguous stretch of audio paired with the time it began."""
+        self._settle(now)
+        segments, self._out_segments = self._out_segments, []
+        return segments, self._take_marks()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Audio queued and not yet played (as of the last ``now`` seen)."""
+        return self._queued_bytes
+
+    @property
+    def pending_marks(self) -> tuple[str, ...]:
+        """Marks waiting for the audio before them to play."""
+        return tuple(item.name for item in self._queue if isinstance(item, _Mark))
+
+    def drain_time(self) -> float | None:
+        """When everything queued will have played, or None if nothing is queued."""
+        if self._queued_bytes == 0:
+            return None
+        return self._time_at(self._run_played + self._queued_bytes)
+
+    def next_mark_time(self) -> float | None:
+        """When the first pending mark will come due, or None if there is none."""
+        ahead = -self._head_played
+        for item in self._queue:
+            if isinstance(item, _Mark):
+                return self._time_at(self._run_played + ahead)
+            ahead += len(item)
+        return None
+
+    # -- the clockwork --------------------------------------------------------------------------------
+
+    def _begin_run(self, now: float) -> None:
+        self._run_start = now
+        self._run_played = 0
+
+    def _time_at(self, run_offset: int) -> float:
+        return self._run_start + run_offset / self._bps
+
+    def _settle(self, now: float) -> None:
+        """Play everything due by ``now`` into the out-boxes."""
+        self._now = max(self._now, now)
+        if self._queued_bytes:
+            due = math.floor((self._now - self._run_start) * self._bps + _EPSILON_BYTES) - self._run_played
+            self._play(min(max(due, 0), self._queued_bytes))
+        self._pop_due_marks()
+
+    def _play(self, budget: int) -> None:
+        started = self._time_at(self._run_played)
+        played = bytearray()
+        while budget > 0:
+            self._pop_due_marks()
+            head = self._queue[0]
+            assert isinstance(head, bytes)  # _pop_due_marks leaves audio (or nothing) at the head
+            take = min(budget, len(head) - self._head_played)
+            played += head[self._head_played : self._head_played + take]
+            self._head_played += take
+            budget -= take
+            if self._head_played == len(head):
+                self._queue.popleft()
+                self._head_played = 0
+        if played:
+            self._run_played += len(played)
+            self._queued_bytes -= len(played)
+            self._record(started, bytes(played))
+
+    def _record(self, started: float, chunk: bytes) -> None:
+        # Merge with the previous stretch when it ends exactly where this one begins (same run).
+        if self._out_segments:
+            last_start, last = self._out_segments[-1]
+            if abs(last_start + len(last) / self._bps - started) < 0.5 / self._bps:
+                self._out_segments[-1] = (last_start, last + chunk)
+                return
+        self._out_segments.append((started, chunk))
+
+    def _pop_due_marks(self) -> None:
+        while self._queue and isinstance(self._queue[0], _Mark):
+            mark = self._queue.popleft()
+            assert isinstance(mark, _Mark)
+            self._out_marks.append(mark.name)
+
+    def _take_marks(self) -> list[str]:
+        marks, self._out_marks = self._out_marks, []
+        return marks
