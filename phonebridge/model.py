@@ -1,0 +1,249 @@
+"""The Live session: the only module that drives google.genai's live API.
+
+`build_config` states what gemini-3.1-flash-live-preview accepts (and leaves out what it refuses:
+proactivity, affective dialog, thinking budgets). `LiveLink` keeps one logical conversation alive across
+connections: it resumes with the latest handle on `goAway` or on a dropped connection, holds caller audio
+(bounded) while it switches, and falls back to a fresh session seeded with the transcript when the
+service refuses the handle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from google import genai
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from phonebridge.agent import Agent
+from phonebridge.errors import ModelUnavailable
+from phonebridge.model_events import GoAway, ModelEvent, ResumptionUpdate, TurnComplete, translate
+
+AUDIO_MIME = "audio/pcm;rate=16000"
+# Caller audio held while the model connection switches: 2 s of 16 kHz PCM in 20 ms frames.
+HELD_FRAMES = 100
+# Close codes after which resuming with the same handle is pointless.
+_REFUSED = (1007, 1008)
+
+EventSink = Callable[[ModelEvent], Awaitable[None]]
+
+
+def build_config(
+    agent: Agent,
+    declarations: Sequence[types.FunctionDeclaration] = (),
+    *,
+    resume_handle: str | None = None,
+    seed_history: bool = False,
+) -> types.LiveConnectConfig:
+    """The session configuration for `agent`, correct for gemini-3.1-flash-live-preview."""
+    detection = types.AutomaticActivityDetection(
+        disabled=False,
+        start_of_speech_sensitivity=_sensitivity(types.StartSensitivity, "START", agent.start_of_speech_sensitivity),
+        end_of_speech_sensitivity=_sensitivity(types.EndSensitivity, "END", agent.end_of_speech_sensitivity),
+        prefix_padding_ms=agent.prefix_padding_ms,
+        silence_duration_ms=agent.silence_duration_ms,
+    )
+    return types.LiveConnectConfig(
+        response_modalities=[types.Modality.AUDIO],
+        speech_config=types.SpeechConfig(
+            voice_config=types.VoiceConfig(prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=agent.voice)),
+            language_code=agent.language_code,
+        ),
+        thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel(agent.thinking_level.upper())),
+        system_instruction=types.Content(parts=[types.Part(text=agent.instructions)]),
+        tools=[types.Tool(function_declarations=list(declarations))] if declarations else None,
+        input_audio_transcription=types.AudioTranscriptionConfig(),
+        output_audio_transcription=types.AudioTranscriptionConfig(),
+        session_resumption=types.SessionResumptionConfig(handle=resume_handle),
+        # Audio sessions die at 15 minutes without compression; a sliding window keeps long calls alive.
+        context_window_compression=types.ContextWindowCompressionConfig(sliding_window=types.SlidingWindow()),
+        realtime_input_config=types.RealtimeInputConfig(automatic_activity_detection=detection),
+        history_config=types.HistoryConfig(initial_history_in_client_content=True) if seed_history else None,
+    )
+
+
+def _sensitivity(enum: Any, prefix: str, value: str | None) -> Any:
+    return None if value is None else enum(f"{prefix}_SENSITIVITY_{value.upper()}")
+
+
+class LiveLink:
+    """One conversation with the model, kept alive across connections.
+
+    Run `run()` in a task; it returns when the conversation ends (closed by us, or the model unreachable,
+    raising ModelUnavailable). Events go to `sink` in order, from that one task.
+    """
+
+    def __init__(
+        self,
+        client: genai.Client,
+        agent: Agent,
+        declarations: Sequence[types.FunctionDeclaration],
+        sink: EventSink,
+        *,
+        logger: logging.Logger | logging.LoggerAdapter[logging.Logger],
+        connect_timeout_s: float = 10.0,
+        reconnect_attempts: int = 5,
+        backoff_s: float = 0.25,
+    ) -> None:
+        self._client, self._agent, self._declarations = client, agent, list(declarations)
+        self._sink, self._log = sink, logger
+        self._connect_timeout_s, self._attempts, self._backoff_s = connect_timeout_s, reconnect_attempts, backoff_s
+        self._session: Any = None
+        self._handle: str | None = None
+        self._resumable = False
+        self._closing = False
+        self._held: deque[bytes] = deque(maxlen=HELD_FRAMES)
+        self._history: list[types.Content] = []
+        self._switch_due: float | None = None
+        self.ready = asyncio.Event()
+        self.connections = 0
+        self.reconnects: dict[str, int] = {}
+        self.held_dropped = 0
+
+    # -- sending (from the Twilio side's task) ---------------------------------------------------------
+
+    async def send_audio(self, pcm16k: bytes) -> None:
+        session = self._session
+        if session is None:
+            if len(self._held) == self._held.maxlen:
+                self.held_dropped += 1
+            self._held.append(pcm16k)
+            return
+        try:
+            await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
+        except Exception as exc:  # noqa: BLE001 - a dying connection: keep the audio for the next one
+            self._log.debug("audio send failed, holding it for the next connection: %r", exc)
+            self._held.append(pcm16k)
+
+    async def send_text(self, text: str) -> bool:
+        session = self._session
+        if session is None:
+            return False
+        try:
+            await session.send_realtime_input(text=text)
+        except Exception as exc:  # noqa: BLE001
+            self._log.warning("text to the model was lost with its connection: %r", exc)
+            return False
+        return True
+
+    async def send_tool_response(self, responses: Sequence[types.FunctionResponse]) -> bool:
+        session = self._session
+        if session is None or not responses:
+            return False
+        try:
+            await session.send_tool_response(function_responses=list(responses))
+        except Exception as exc:  # noqa: BLE001
+            self._log.warning("tool response lost with its connection: %r", exc)
+            return False
+        return True
+
+    def remember(self, role: str, text: str) -> None:
+        """Keep the transcript, to seed a fresh session if the service ever refuses our handle."""
+        if text:
+            if self._history and self._history[-1].role == role:
+                parts = self._history[-1].parts or []
+                parts.append(types.Part(text=text))
+            else:
+                self._history.append(types.Content(role=role, parts=[types.Part(text=text)]))
+
+    async def close(self) -> None:
+        self._closing = True
+        session, self._session = self._session, None
+        if session is not None:
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    # -- the connection loop ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        failures = 0
+        cause = "start"
+        while not self._closing:
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    session = await self._connect(stack, cause)
+                    failures = 0
+                    cause = await self._receive(session)
+            except ModelUnavailable:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the connection is decided below
+                if self._closing:
+                    return
+                failures += 1
+                cause = _cause(exc)
+                self._log.warning("model connection lost (%s, attempt %d): %r", cause, failures, exc)
+                if failures > self._attempts:
+                    raise ModelUnavailable(f"model unreachable after {failures} attempts: {exc!r}") from exc
+                if isinstance(exc, genai_errors.APIError) and exc.code in _REFUSED and self._handle:
+                    self._log.warning("the service refused resumption; starting a fresh session with the transcript")
+                    self._handle = None
+                await asyncio.sleep(min(self._backoff_s * 2 ** (failures - 1), 4.0))
+            finally:
+                self._session = None
+                self.ready.clear()
+            if not self._closing and cause != "start":
+                self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
+
+    async def _connect(self, stack: contextlib.AsyncExitStack, cause: str) -> Any:
+        seed = self._handle is None and bool(self._history)
+        config = build_config(self._agent, self._declarations, resume_handle=self._handle, seed_history=seed)
+        started = time.monotonic()
+        try:
+            session = await asyncio.wait_for(
+                stack.enter_async_context(self._client.aio.live.connect(model=self._agent.model, config=config)),
+                self._connect_timeout_s,
+            )
+        except genai_errors.APIError as exc:
+            if exc.code in _REFUSED and not self._handle:
+                raise ModelUnavailable(f"the model refused the session: {exc.code} {exc.message or exc}") from exc
+            raise
+        if seed:
+            await session.send_client_content(turns=self._history, turn_complete=True)
+        self.connections += 1
+        self._session = session
+        self._switch_due = None
+        self._log.info(
+            "model connected in %.0f ms (%s%s)", (time.monotonic() - started) * 1000, cause,
+            ", resumed" if self._handle else "",
+        )
+        while self._held:
+            await session.send_realtime_input(audio=types.Blob(data=self._held.popleft(), mime_type=AUDIO_MIME))
+        self.ready.set()
+        return session
+
+    async def _receive(self, session: Any) -> str:
+        """Deliver events until this connection should be replaced; return why."""
+        while not self._closing:
+            async for message in session.receive():
+                for event in translate(message):
+                    await self._observe(event)
+                    await self._sink(event)
+                if self._switch_due is not None and (self._resumable or time.monotonic() >= self._switch_due):
+                    return "go_away"
+        return "closed"
+
+    async def _observe(self, event: ModelEvent) -> None:
+        if isinstance(event, ResumptionUpdate):
+            self._resumable = event.resumable
+            if event.resumable and event.handle:
+                self._handle = event.handle
+        elif isinstance(event, GoAway):
+            # Switch at the next resumable point, or with a margin before the server's deadline.
+            self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)
+            self._log.info("model goAway: %.1f s left; switching connections", event.time_left_s)
+        elif isinstance(event, TurnComplete):
+            pass
+
+
+def _cause(exc: BaseException) -> str:
+    if isinstance(exc, genai_errors.APIError):
+        return f"close_{exc.code}"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timeout"
+    return type(exc).__name__
