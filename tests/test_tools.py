@@ -20,8 +20,8 @@ from phonebridge.tools import ToolDispatcher, ToolOutcome, ToolRegistry, all_too
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pizzeria.py"
 
 
-def fc(name: str, call_id: str, **args: Any) -> types.FunctionCall:
-    return types.FunctionCall(id=call_id, name=name, args=args)
+def fc(tool: str, call_id: str, /, **args: Any) -> types.FunctionCall:
+    return types.FunctionCall(id=call_id, name=tool, args=args)
 
 
 def dispatcher(registry: ToolRegistry, **kwargs: Any) -> tuple[ToolDispatcher, CallContext]:
@@ -348,3 +348,25 @@ async def test_example_pizzeria_loads_and_its_declarations_build() -> None:
     d, _ = dispatcher(registry)
     out = await d.dispatch([fc("get_menu", "m"), fc("order_status", "s", order_id="A-1042")])
     assert [r.response is not None and "error" not in r.response for r in out] == [True, True]
+
+
+async def test_example_pizzeria_handlers_answer_as_documented() -> None:
+    registry = all_tools(load_agent(str(EXAMPLE)))
+    d, ctx = dispatcher(registry)
+    out = await d.dispatch(
+        [
+            fc("price", "p", pizza="Diavola", size="small", quantity=2.0),
+            fc("book_table", "b", name="Ada", day="2026-05-01", time="19:30", party_size=4),
+            fc("book_table", "late", name="Ada", day="2026-05-01", time="23:30", party_size=4),
+            fc("order_status", "o", order_id="Z-1"),
+        ]
+    )
+    assert responses(out) == [
+        ("p", "price", {"pizza": "diavola", "size": "small", "quantity": 2, "total_usd": 22.0}),
+        ("b", "book_table", {"reference": "B-001", "name": "Ada", "day": "2026-05-01", "time": "19:30",
+                             "guests": 4, "seating": "inside", "phone": "+15550100001"}),
+        ("late", "book_table", {"error": "We take bookings between 12:00 and 22:30 only."}),
+        ("o", "order_status", {"error": "No order Z-1 was found. Ask the caller to check the number on their "
+                                        "receipt."}),
+    ]
+    assert ctx.state == {"bookings": ["B-001"]}
