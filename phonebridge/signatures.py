@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import RequestValidator  # type: ignore[import-untyped]  # twilio ships no type hints
 
 from phonebridge.errors import ConfigError
 
@@ -33,7 +33,7 @@ class SignatureChecker:
     ``http(s)://host[:port][/prefix]`` (no query, no fragment); a trailing slash is tolerated.
     """
 
-    __slots__ = ("_validator", "_base", "_stream_base")
+    __slots__ = ("_base", "_stream_base", "_validator")
 
     def __init__(self, auth_token: str, public_url: str) -> None:
         if not auth_token:
@@ -50,9 +50,7 @@ class SignatureChecker:
         """The ``wss://`` URL to put in TwiML's ``<Stream url>``; Twilio signs the upgrade with exactly this."""
         return self._stream_base + _route(path)
 
-    def check_webhook(
-        self, path: str, query_string: str, form: Mapping[str, str], signature: str | None
-    ) -> bool:
+    def check_webhook(self, path: str, query_string: str, form: Mapping[str, str], signature: str | None) -> bool:
         """True when ``signature`` signs this webhook's public URL and its POST form (a multidict is fine)."""
         if not signature:
             return False
@@ -80,9 +78,7 @@ def _split_public_url(public_url: str) -> tuple[str, str]:
     if stream_scheme is None or not parts.hostname:
         raise ConfigError(f"PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got {public_url!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(
-            f"PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got {public_url!r}"
-        )
+        raise ConfigError(f"PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got {public_url!r}")
     rest = parts.netloc + parts.path.rstrip("/")
     return f"{parts.scheme}://{rest}", f"{stream_scheme}://{rest}"
 

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from twilio.twiml.voice_response import Dial, VoiceResponse
+from twilio.twiml.voice_response import Dial, VoiceResponse  # type: ignore[import-untyped]  # twilio ships no type hints
 
 MAX_TWIML_CHARS = 4000
 MAX_PARAMETER_CHARS = 500
@@ -136,7 +136,7 @@ def _parameter_name(name: str) -> str:
 
 def _parameter_value(name: str, value: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"parameter {name!r} must be a string, got {type(value).__name__}")
+        raise TypeError(f"parameter {name!r} must be a string, got {type(value).__name__}")
     # Values come from callers (caller name, From): clean them rather than fail the call.
     return _XML_ILLEGAL.sub("", value)[: MAX_PARAMETER_CHARS - len(name)]
 

@@ -59,7 +59,9 @@ def test_webhook_signature_matches_an_independent_hmac() -> None:
     ],
 )
 def test_tampered_webhooks_fail(path: str, query: str, form: dict[str, str], token: str) -> None:
-    signature = SignatureChecker(TOKEN, "https://agent.example.com").sign("https://agent.example.com/twilio/voice", FORM)
+    signature = SignatureChecker(TOKEN, "https://agent.example.com").sign(
+        "https://agent.example.com/twilio/voice", FORM
+    )
     assert not SignatureChecker(token, "https://agent.example.com").check_webhook(path, query, form, signature)
 
 
@@ -132,13 +134,27 @@ def test_plain_http_maps_to_ws_for_local_development() -> None:
     ("token", "url", "message"),
     [
         ("", "https://a.example.com", "TWILIO_AUTH_TOKEN is empty: signatures cannot be checked"),
-        ("t", "agent.example.com", "PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got 'agent.example.com'"),
-        ("t", "wss://a.example.com", "PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got 'wss://a.example.com'"),
+        (
+            "t",
+            "agent.example.com",
+            "PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got 'agent.example.com'",
+        ),
+        (
+            "t",
+            "wss://a.example.com",
+            "PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got 'wss://a.example.com'",
+        ),
         ("t", "https://", "PHONEBRIDGE_PUBLIC_URL must be an https:// URL with a host, got 'https://'"),
-        ("t", "https://a.example.com/?x=1",
-         "PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got 'https://a.example.com/?x=1'"),
-        ("t", "https://u:p@a.example.com",
-         "PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got 'https://u:p@a.example.com'"),
+        (
+            "t",
+            "https://a.example.com/?x=1",
+            "PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got 'https://a.example.com/?x=1'",
+        ),
+        (
+            "t",
+            "https://u:p@a.example.com",
+            "PHONEBRIDGE_PUBLIC_URL must have no query, fragment or credentials, got 'https://u:p@a.example.com'",
+        ),
     ],
 )
 def test_bad_configuration_is_refused(token: str, url: str, message: str) -> None:

@@ -74,13 +74,20 @@ def test_connect_stream_fallback_from_say_and_reject() -> None:
     [
         ({"stream_url": "https://a.example.com/m"}, "stream url must be a wss:// URL, got 'https://a.example.com/m'"),
         ({"stream_url": "wss:///m"}, "stream url must be a wss:// URL, got 'wss:///m'"),
-        ({"stream_url": "wss://a.example.com/m?call=1"},
-         "stream url must have no query or fragment (Twilio drops them; use parameters), got 'wss://a.example.com/m?call=1'"),
+        (
+            {"stream_url": "wss://a.example.com/m?call=1"},
+            "stream url must have no query or fragment (Twilio drops them; use parameters), got 'wss://a.example.com/m?call=1'",
+        ),
         ({"parameters": {"": "v"}}, "parameter name must be a non-empty string, got ''"),
         ({"parameters": {"a\x00": "v"}}, "parameter name contains characters XML cannot carry: 'a\\x00'"),
-        ({"parameters": {"n" * 500: "v"}}, f"parameter name of 500 characters leaves no room for its value: {'n' * 40!r}..."),
-        ({"parameters": {"n": 5}}, "parameter 'n' must be a string, got int"),
-        ({"status_callback": "wss://a.example.com/s"}, "status callback must be an http(s) URL, got 'wss://a.example.com/s'"),
+        (
+            {"parameters": {"n" * 500: "v"}},
+            f"parameter name of 500 characters leaves no room for its value: {'n' * 40!r}...",
+        ),
+        (
+            {"status_callback": "wss://a.example.com/s"},
+            "status callback must be an http(s) URL, got 'wss://a.example.com/s'",
+        ),
         ({"fallback": "<Say>hi"}, "fallback is not TwiML: no element found: line 1, column 7"),
         ({"fallback": "<Say>hi</Say>"}, "fallback must be a <Response> document, got <Say>"),
     ],
@@ -91,6 +98,11 @@ def test_connect_stream_refusals(kwargs: dict[str, object], message: str) -> Non
     with pytest.raises(ValueError) as info:
         connect_stream(**args)  # type: ignore[arg-type]
     assert str(info.value) == message
+
+
+def test_connect_stream_refuses_a_non_string_value() -> None:
+    with pytest.raises(TypeError, match="^parameter 'n' must be a string, got int$"):
+        connect_stream(URL, {"n": 5})  # type: ignore[dict-item]
 
 
 def test_connect_stream_over_the_inline_limit_is_refused() -> None:
