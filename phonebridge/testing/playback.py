@@ -28,8 +28,9 @@ class _Mark:
     name: str
 
 
-# Float products like 0.12 * 8000 land a hair below the integer; this keeps a byte from arriving a tick late.
-_EPSILON_BYTES = 1e-6
+# Float products like 0.12 * 8000 land a hair below the integer (and timers fire a hair early); this keeps a
+# byte from arriving a tick late. 1e-3 byte is 0.125 us at 8000 bytes/s.
+_EPSILON_BYTES = 1e-3
 
 
 class PlaybackBuffer:

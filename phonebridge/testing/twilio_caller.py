@@ -1,0 +1,506 @@
+"""TwilioCaller: a simulated Twilio call leg that speaks Twilio's real wire protocol to a bridge under test.
+
+What it does, as Twilio does (shared/PROTOCOLS.md section 1):
+
+1. POSTs the voice webhook with Twilio's form and an ``X-Twilio-Signature`` computed by twilio's own
+   ``RequestValidator`` over the *public* URL (``public_url + voice_path``), while actually connecting to the
+   local ``server_url``. Twilio only reaches public https URLs; this is how a test gets the same bytes.
+2. Parses the TwiML answer: ``<Response><Connect><Stream url="wss://...">`` plus ``<Parameter>``s. Twilio
+   drops the query string of a stream url, so this caller does too (for the signature and the connection).
+3. Opens the media WebSocket with the upgrade signed over the stream url exactly as written in the TwiML
+   (empty params), then sends ``connected`` and ``start``; then ``media`` frames of 160 mu-law bytes per
+   20 ms, ``dtmf`` and finally ``stop``. ``sequenceNumber`` is shared by all events and rises by one;
+   ``chunk`` counts media frames from 1; ``timestamp`` is the frame's ms on the call's timeline.
+4. Plays what the bridge sends through :class:`~phonebridge.testing.playback.PlaybackBuffer`, Twilio's
+   playback buffer: marks are echoed when the audio before them has played, ``clear`` echoes every pending
+   mark. What the caller heard, and when, is recorded.
+
+Time: the call's timeline starts at 0 when the stream starts. With a finite ``speed`` it is the event loop's
+clock times ``speed`` (2.0 = twice real time); with ``speed=math.inf`` frames are sent as fast as the socket
+takes them, the timeline advances 20 ms per frame sent, and received audio plays instantly. An injected
+``clock`` drives playback instead: move it, then ``await caller.tick()``; frames are then sent unpaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import audioop  # until phonebridge.audio lands: its ulaw_encode/ulaw_decode replace these two calls
+import base64
+import binascii
+import json
+import math
+import secrets
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from os import PathLike
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import numpy as np
+from twilio.request_validator import RequestValidator
+
+from phonebridge.errors import PhonebridgeError
+from phonebridge.testing.playback import PlaybackBuffer
+from phonebridge.testing.speech import synth_speech
+from phonebridge.testing.wav import read_wav, resample_pcm16, write_stereo_wav
+
+RATE = 8000
+FRAME_BYTES = 160
+FRAME_SECONDS = 0.02
+ULAW_SILENCE = b"\xff"  # mu-law code for 0
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
+
+
+class CallRejected(PhonebridgeError):
+    """The server under test refused the call: a non-200 webhook, TwiML without a stream, a refused upgrade."""
+
+    def __init__(self, status: int, body: str, reason: str = "") -> None:
+        super().__init__(f"call rejected (HTTP {status}): {reason or body[:200]}")
+        self.status = status
+        self.body = body
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message the bridge sent, with the call-timeline second it arrived."""
+
+    t: float
+    message: dict[str, Any]
+
+
+def ulaw_encode(pcm16: bytes) -> bytes:
+    return audioop.lin2ulaw(pcm16, 2)
+
+
+def ulaw_decode(ulaw: bytes) -> bytes:
+    return audioop.ulaw2lin(ulaw, 2)
+
+
+def render_timeline(segments: list[tuple[float, bytes]]) -> bytes:
+    """mu-law stretches with start times -> 8 kHz PCM16 on the timeline, silence where nothing was."""
+    end = max((round(t * RATE) + len(chunk) for t, chunk in segments), default=0)
+    out = np.zeros(end, dtype="<i2")
+    for t, chunk in segments:
+        start = max(round(t * RATE), 0)
+        out[start : start + len(chunk)] = np.frombuffer(ulaw_decode(chunk), dtype="<i2")[: end - start]
+    return out.tobytes()
+
+
+class TwilioCaller:
+    """One simulated inbound call to the phonebridge server at ``server_url``. See the module docstring."""
+
+    def __init__(
+        self,
+        server_url: str,
+        *,
+        public_url: str = "https://agent.example.com",
+        auth_token: str = "test-auth-token",
+        account_sid: str = "AC" + "0" * 32,
+        call_sid: str | None = None,
+        from_number: str = "+15551230001",
+        to_number: str = "+15557654321",
+        speed: float = 1.0,
+        voice_path: str = "/twilio/voice",
+        extra_form: dict[str, str] | None = None,
+        sign: bool = True,
+        clock: Callable[[], float] | None = None,
+        continuous: bool | None = None,
+    ) -> None:
+        if not speed > 0:
+            raise ValueError("speed must be positive (math.inf: as fast as possible)")
+        paced = math.isfinite(speed) and clock is None
+        if continuous and not paced:
+            raise ValueError("continuous streaming needs a finite speed and the default clock")
+        self.server_url, self.public_url, self.voice_path = server_url.rstrip("/"), public_url.rstrip("/"), voice_path
+        self.account_sid, self.call_sid = account_sid, call_sid or "CA" + secrets.token_hex(16)
+        self.from_number, self.to_number = from_number, to_number
+        self.speed, self.sign, self.continuous = speed, sign, paced if continuous is None else continuous
+        self.stream_sid = "MZ" + secrets.token_hex(16)
+        self._validator = RequestValidator(auth_token)
+        self._extra_form = dict(extra_form or {})
+        self._clock = clock
+        # What the webhook answered.
+        self.twiml = ""
+        self.stream_url = ""
+        self.parameters: dict[str, str] = {}
+        # Observations.
+        self.events: list[Received] = []
+        self.clears: list[float] = []
+        self.marks_echoed: list[str] = []
+        self.media_bytes_received = 0
+        self.protocol_errors: list[str] = []  # what the bridge sent that Twilio would not accept
+        self.close_code: int | None = None
+        self.closed_by_server = False
+        # Machinery.
+        self._buffer = PlaybackBuffer(RATE)
+        self._heard: list[tuple[float, bytes]] = []
+        self._sent: list[tuple[float, bytes]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wire = asyncio.Lock()  # one sequenceNumber order on the wire
+        self._media = asyncio.Lock()  # one speaker at a time: say() takes over from continuous silence
+        self._changed = asyncio.Event()
+        self._wake_player = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._ending = False
+        self._seq = 0
+        self._chunk = 0
+        self._cursor = 0.0  # where the next media frame starts on the timeline
+        self._vnow = 0.0  # the timeline at infinite speed
+        self._t0: float | None = None
+
+    # -- dialling ---------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TwilioCaller:
+        await self.dial()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.hangup()
+
+    async def dial(self) -> None:
+        """Webhook, TwiML, signed WebSocket upgrade, then ``connected`` and ``start``."""
+        if self._session is not None:
+            raise RuntimeError("this caller has already dialled")
+        self._session = aiohttp.ClientSession()
+        try:
+            await self._post_webhook()
+            await self._open_stream()
+        except BaseException:
+            await self.close()
+            raise
+
+    def webhook_form(self) -> dict[str, str]:
+        """The form Twilio POSTs for an inbound call (plus ``extra_form``)."""
+        form = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "CallSid": self.call_sid,
+                "CallStatus": "ringing", "Direction": "inbound", "From": self.from_number, "To": self.to_number,
+                "Caller": self.from_number, "Called": self.to_number}  # fmt: skip
+        for prefix in ("From", "To", "Caller", "Called"):
+            form.update({f"{prefix}City": "", f"{prefix}State": "", f"{prefix}Zip": "", f"{prefix}Country": "US"})
+        form.update(self._extra_form)
+        return form
+
+    async def _post_webhook(self) -> None:
+        assert self._session is not None
+        url, form = self.public_url + self.voice_path, self.webhook_form()
+        headers = {"User-Agent": "TwilioProxy/1.1", "I-Twilio-Idempotency-Token": str(uuid.uuid4())}
+        if self.sign:
+            headers["X-Twilio-Signature"] = self._validator.compute_signature(url, form)
+        async with self._session.post(self._local(url), data=form, headers=headers) as response:
+            status, body = response.status, await response.text()
+        if status != 200:
+            raise CallRejected(status, body, "the voice webhook did not answer 200")
+        self.twiml = body
+        self.stream_url, self.parameters = _parse_twiml(body)
+
+    async def _open_stream(self) -> None:
+        assert self._session is not None
+        headers = {"User-Agent": "Twilio.TmeWs/1.0"}
+        if self.sign:
+            headers["X-Twilio-Signature"] = self._validator.compute_signature(self.stream_url, {})
+        try:
+            self._ws = await self._session.ws_connect(self._local(self.stream_url), headers=headers)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise CallRejected(exc.status, exc.message, "the media WebSocket upgrade was refused") from exc
+        self._t0 = asyncio.get_running_loop().time()
+        await self.send_raw({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+        media_format = {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1}
+        start = {"streamSid": self.stream_sid, "accountSid": self.account_sid, "callSid": self.call_sid,
+                 "tracks": ["inbound"], "customParameters": self.parameters, "mediaFormat": media_format}  # fmt: skip
+        await self._send_event("start", {"start": start})
+        self._tasks.append(asyncio.create_task(self._read()))
+        if self._clock is None and math.isfinite(self.speed):
+            self._tasks.append(asyncio.create_task(self._play()))
+        if self.continuous:
+            self._tasks.append(asyncio.create_task(self._keep_streaming()))
+
+    def _local(self, public: str) -> str:
+        """Map a URL on the public host onto the local server the caller was given."""
+        url, pub, srv = urlsplit(public), urlsplit(self.public_url), urlsplit(self.server_url)
+        if url.hostname != pub.hostname:
+            raise CallRejected(200, self.twiml, f"{public} is not on the public host {pub.hostname}")
+        scheme = srv.scheme if url.scheme in ("http", "https") else {"http": "ws", "https": "wss"}[srv.scheme]
+        path = url.path[len(pub.path) :] if url.path.startswith(pub.path) else url.path
+        return urlunsplit((scheme, srv.netloc, srv.path + path, url.query, ""))
+
+    # -- talking ----------------------------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        """The media stream is open and neither side has ended it."""
+        return self._ws is not None and not self._ws.closed and not self._ending
+
+    async def say(self, audio: bytes | str, *, rate: int = RATE) -> None:
+        """Speak: PCM16 mono at ``rate``, or text through ``synth_speech``. Returns when the last frame is sent
+        (or at once if the call is over)."""
+        pcm = synth_speech(audio, RATE) if isinstance(audio, str) else resample_pcm16(audio, rate, RATE)
+        await self._stream(ulaw_encode(pcm))
+
+    async def say_wav(self, path: str | PathLike[str]) -> None:
+        await self._stream(ulaw_encode(read_wav(path, RATE)))
+
+    async def silence(self, seconds: float) -> None:
+        """Send ``seconds`` of silent frames, paced like speech."""
+        await self._stream(ULAW_SILENCE * round(seconds * RATE))
+
+    async def press(self, digit: str) -> None:
+        """Press a key: a ``dtmf`` event."""
+        if digit not in DTMF_DIGITS:
+            raise ValueError(f"not a DTMF digit: {digit!r}")
+        if self.up:
+            await self._send_event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
+
+    async def send_raw(self, message: str | dict[str, Any]) -> None:
+        """Send any text frame as is: no sequencing (for malformed-frame tests)."""
+        assert self._ws is not None, "dial() first"
+        async with self._wire:
+            await self._ws.send_str(message if isinstance(message, str) else json.dumps(message))
+
+    async def _stream(self, ulaw: bytes) -> None:
+        if len(ulaw) % FRAME_BYTES:
+            ulaw += ULAW_SILENCE * (FRAME_BYTES - len(ulaw) % FRAME_BYTES)
+        async with self._media:
+            for offset in range(0, len(ulaw), FRAME_BYTES):
+                if not self.up:
+                    return
+                await self._send_frame(ulaw[offset : offset + FRAME_BYTES])
+
+    async def _keep_streaming(self) -> None:
+        # Real Twilio sends a frame every 20 ms whether or not the caller talks.
+        frame = ULAW_SILENCE * FRAME_BYTES
+        while self.up:
+            async with self._media:
+                await self._send_frame(frame)
+
+    async def _send_frame(self, frame: bytes) -> None:
+        start = self._cursor if self.continuous else max(self._cursor, self._now())
+        end = start + FRAME_SECONDS
+        if self._clock is None and math.isfinite(self.speed):
+            await asyncio.sleep(max(0.0, end - self._now()) / self.speed)  # pacing: a frame is sent once spoken
+        if not self.up:
+            return
+        self._cursor = end
+        if math.isinf(self.speed):
+            self._vnow = max(self._vnow, end)  # at infinite speed, sending is what moves the timeline
+        self._chunk += 1
+        self._sent.append((start, frame))
+        media = {"track": "inbound", "chunk": str(self._chunk), "timestamp": str(round(start * 1000)),
+                 "payload": base64.b64encode(frame).decode("ascii")}  # fmt: skip
+        await self._send_event("media", {"media": media})
+
+    async def _send_event(self, event: str, body: dict[str, Any]) -> None:
+        assert self._ws is not None
+        async with self._wire:
+            if self._ws.closed:
+                return
+            self._seq += 1
+            message = {"event": event, "sequenceNumber": str(self._seq), "streamSid": self.stream_sid, **body}
+            await self._ws.send_str(json.dumps(message))
+
+    # -- hanging up -------------------------------------------------------------------------------------
+
+    async def hangup(self) -> None:
+        """End the call as Twilio does: a ``stop`` event, then close the socket. Idempotent."""
+        if self.up:
+            self._ending = True  # say() and the silence stream stop at their next frame
+            async with self._media:  # let a frame in flight finish, so stop is the last thing sent
+                pass
+            await self._send_event("stop", {"stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+        await self.close()
+
+    async def drop(self) -> None:
+        """Lose the call abruptly: the TCP connection goes away with no ``stop`` and no close frame."""
+        self._ending = True
+        await self._cancel_tasks()
+        if self._session is not None:
+            await self._session.close()  # closes the transport under the WebSocket: no close handshake
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the socket and tasks (without ``stop``: use :meth:`hangup` for a proper end)."""
+        self._ending = True
+        await self._cancel_tasks()
+        if self._ws is not None and not self._ws.closed:
+            await self._ws.close()
+        if self._session is not None:
+            await self._session.close()
+        self._closed.set()
+        self._notify()
+
+    async def _cancel_tasks(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        current = asyncio.current_task()
+        for task in tasks:
+            if task is not current:
+                task.cancel()
+        await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)
+
+    # -- listening --------------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    await self._on_text(message.data)
+                else:
+                    self.protocol_errors.append(f"non-text frame: {message.type.name}")
+        finally:
+            self.close_code = self._ws.close_code
+            self.closed_by_server = not self._ending
+            self._ending = True
+            self._closed.set()
+            self._notify()
+
+    async def _on_text(self, text: str) -> None:
+        try:
+            await self._handle(text)
+        finally:
+            self._notify()  # whatever came, waiters re-check
+
+    async def _handle(self, text: str) -> None:
+        now = self._now()
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self.protocol_errors.append(f"bad JSON: {exc}")
+            return
+        self.events.append(Received(now, message))
+        if message.get("streamSid") != self.stream_sid:
+            self.protocol_errors.append(f"wrong or missing streamSid in {message.get('event')!r}")
+            return
+        try:
+            marks = self._apply(message, now)
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self.protocol_errors.append(f"malformed {message.get('event')!r}: {exc!r}")
+            return
+        await self._echo(marks)
+        await self.tick()
+
+    def _apply(self, message: dict[str, Any], now: float) -> list[str]:
+        event = message["event"]
+        if event == "media":
+            payload = base64.b64decode(message["media"]["payload"], validate=True)
+            self.media_bytes_received += len(payload)
+            return self._buffer.enqueue(payload, now)
+        if event == "mark":
+            return self._buffer.mark(str(message["mark"]["name"]), now)
+        if event == "clear":
+            self.clears.append(now)
+            return self._buffer.clear(now)
+        raise ValueError(f"unknown event {event!r}")
+
+    async def tick(self) -> None:
+        """Play what is due on the clock now, echo due marks, wake waiters (call it after moving a clock)."""
+        now = self._now()
+        if self._clock is None and math.isinf(self.speed):
+            now = max(now, self._buffer.drain_time() or now)  # play instantly
+        segments, marks = self._buffer.advance_segments(now)
+        self._heard.extend(segments)
+        await self._echo(marks)
+        self._wake_player.set()
+        self._notify()
+
+    async def _echo(self, marks: list[str]) -> None:
+        for name in marks:
+            self.marks_echoed.append(name)
+            await self._send_event("mark", {"mark": {"name": name}})
+
+    async def _play(self) -> None:
+        # Wakes when audio arrives and every 20 ms of timeline while some is queued, or when a mark is due.
+        while True:
+            drain, mark_due = self._buffer.drain_time(), self._buffer.next_mark_time()
+            self._wake_player.clear()
+            if drain is None:
+                await self._wake_player.wait()
+                continue
+            now = self._now()
+            target = min(now + FRAME_SECONDS, drain, math.inf if mark_due is None else mark_due)
+            try:
+                await asyncio.wait_for(self._wake_player.wait(), max(0.0, target - now) / self.speed)
+            except TimeoutError:
+                await self.tick()
+
+    def _now(self) -> float:
+        if self._clock is not None:
+            return self._clock()
+        if math.isinf(self.speed):
+            return self._vnow
+        if self._t0 is None:
+            return 0.0
+        return (asyncio.get_running_loop().time() - self._t0) * self.speed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- observations -----------------------------------------------------------------------------------
+
+    def heard(self) -> bytes:
+        """mu-law as the caller heard it, in order (cleared audio never played, so it is not here)."""
+        return b"".join(chunk for _, chunk in self._heard)
+
+    def heard_pcm(self) -> bytes:
+        return ulaw_decode(self.heard())
+
+    @property
+    def heard_seconds(self) -> float:
+        return sum(len(chunk) for _, chunk in self._heard) / RATE
+
+    def heard_timeline(self) -> bytes:
+        """What the caller heard as 8 kHz PCM16 on the call's timeline (silence where nothing played)."""
+        return render_timeline(self._heard)
+
+    def sent_pcm(self) -> bytes:
+        """What the caller said as 8 kHz PCM16 on the call's timeline."""
+        return render_timeline(self._sent)
+
+    def write_wav(self, path: str | PathLike[str]) -> None:
+        """A stereo WAV of the call: the caller on the left, what the caller heard on the right."""
+        write_stereo_wav(path, self.sent_pcm(), self.heard_timeline(), RATE)
+
+    async def wait_for(self, predicate: Callable[[TwilioCaller], bool], timeout: float = 10.0) -> None:
+        """Return once ``predicate(self)`` holds; re-checked whenever something arrives or plays."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self):
+                    await self._changed.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"not within {timeout}s: heard {self.heard_seconds:.2f}s, {len(self.events)} events,"
+                f" marks {self.marks_echoed}, closed={self._closed.is_set()}"
+            ) from None
+
+    async def wait_heard(self, seconds: float, timeout: float = 10.0) -> None:
+        await self.wait_for(lambda caller: caller.heard_seconds >= seconds, timeout)
+
+    async def closed(self, timeout: float = 10.0) -> None:
+        """Return once the socket is closed (``closed_by_server`` and ``close_code`` say how)."""
+        await asyncio.wait_for(self._closed.wait(), timeout)
+
+
+def _parse_twiml(body: str) -> tuple[str, dict[str, str]]:
+    """TwiML -> (stream url without query, parameters); CallRejected if Twilio could not stream it."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise CallRejected(200, body, f"the answer is not TwiML: {exc}") from None
+    stream = root.find("./Connect/Stream")
+    url = stream.get("url", "") if stream is not None and root.tag == "Response" else ""
+    if stream is None or not url:
+        raise CallRejected(200, body, "the TwiML has no <Connect><Stream url=...>")
+    parts = urlsplit(url)
+    if parts.scheme != "wss":
+        raise CallRejected(200, body, f"Twilio streams only to wss:// URLs, not {url}")
+    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params
