@@ -14,13 +14,29 @@ them ends. ``now`` never goes backwards: a smaller ``now`` than one already seen
 
 Every method returns marks to echo *now*, in order; played audio is reported only by :meth:`advance` /
 :meth:`advance_segments`, so a driver calls ``advance`` whenever it wants to know what was heard.
+
+:class:`LegCore` is the rest of a simulated Twilio leg, still without I/O: it builds the frames Twilio sends
+(sequence numbers, chunks, timestamps), takes the bridge's frames (checking them as Twilio would) into the
+buffer, and records what was said and heard, and when. It does its own JSON and base64 rather than reuse
+``phonebridge.twilio``: a fake must not share the parser of the code it tests. :func:`parse_twiml` reads a
+voice webhook's answer as Twilio does.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import math
+import xml.etree.ElementTree as ET
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from phonebridge.audio import ulaw_decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,3 +189,147 @@ class PlaybackBuffer:
     def _take_marks(self) -> list[str]:
         marks, self._out_marks = self._out_marks, []
         return marks
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message the bridge sent, with the call-timeline second it arrived."""
+
+    t: float
+    message: dict[str, Any]
+
+
+class LegCore:
+    """A Twilio media stream's far end without I/O: Twilio's frames out, the bridge's frames in."""
+
+    def __init__(self, stream_sid: str, account_sid: str, call_sid: str, bytes_per_second: int = 8000) -> None:
+        self.stream_sid, self.account_sid, self.call_sid = stream_sid, account_sid, call_sid
+        self.buffer = PlaybackBuffer(bytes_per_second)
+        self.events: list[Received] = []
+        self.clears: list[float] = []
+        self.marks_echoed: list[str] = []
+        self.protocol_errors: list[str] = []  # what the bridge sent that Twilio would not accept
+        self.media_bytes_received = 0
+        self.heard: list[tuple[float, bytes]] = []  # (when it began to play, mu-law)
+        self.heard_bytes = 0
+        self.sent: list[tuple[float, bytes]] = []  # (start on the timeline, mu-law frame)
+        self._seq = 0
+        self._chunk = 0
+
+    # -- what Twilio sends: each method returns the text frame to send now ----------------------------
+
+    def webhook_form(self, from_number: str, to_number: str) -> dict[str, str]:
+        """The form of Twilio's voice webhook for an inbound call."""
+        form = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "CallSid": self.call_sid,
+                "CallStatus": "ringing", "Direction": "inbound", "From": from_number, "To": to_number,
+                "Caller": from_number, "Called": to_number}  # fmt: skip
+        for prefix in ("From", "To", "Caller", "Called"):
+            form.update({f"{prefix}City": "", f"{prefix}State": "", f"{prefix}Zip": "", f"{prefix}Country": "US"})
+        return form
+
+    def connected(self) -> str:
+        return json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+
+    def start(self, parameters: dict[str, str], rate: int = 8000) -> str:
+        media_format = {"encoding": "audio/x-mulaw", "sampleRate": rate, "channels": 1}
+        start = {"streamSid": self.stream_sid, "accountSid": self.account_sid, "callSid": self.call_sid,
+                 "tracks": ["inbound"], "customParameters": parameters, "mediaFormat": media_format}  # fmt: skip
+        return self.event("start", {"start": start})
+
+    def media(self, frame: bytes, start: float) -> str:
+        """A media frame that began at ``start`` seconds on the call's timeline."""
+        self._chunk += 1
+        self.sent.append((start, frame))
+        media = {"track": "inbound", "chunk": str(self._chunk), "timestamp": str(round(start * 1000)),
+                 "payload": base64.b64encode(frame).decode("ascii")}  # fmt: skip
+        return self.event("media", {"media": media})
+
+    def dtmf(self, digit: str) -> str:
+        return self.event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
+
+    def mark(self, name: str) -> str:
+        return self.event("mark", {"mark": {"name": name}})
+
+    def stop(self) -> str:
+        return self.event("stop", {"stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+
+    def event(self, event: str, body: dict[str, Any]) -> str:
+        """Any sequenced event: ``sequenceNumber`` is shared by all of them and rises by one."""
+        self._seq += 1
+        return json.dumps({"event": event, "sequenceNumber": str(self._seq), "streamSid": self.stream_sid, **body})
+
+    # -- what the bridge sends ------------------------------------------------------------------------
+
+    def receive(self, text: str, now: float) -> list[str]:
+        """Take one text frame; returns the marks to echo now, in order (bad frames are recorded, not played)."""
+        try:
+            message = json.loads(text)
+            if not isinstance(message, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self.protocol_errors.append(f"bad JSON: {exc}")
+            return []
+        self.events.append(Received(now, message))
+        if message.get("streamSid") != self.stream_sid:
+            self.protocol_errors.append(f"wrong or missing streamSid in {message.get('event')!r}")
+            return []
+        try:
+            return self._echo(self._apply(message, now))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            self.protocol_errors.append(f"malformed {message.get('event')!r}: {exc!r}")
+            return []
+
+    def advance(self, now: float) -> list[str]:
+        """Play what is due at ``now``; returns the marks that came due."""
+        segments, marks = self.buffer.advance_segments(now)
+        self.heard.extend(segments)
+        self.heard_bytes += sum(len(chunk) for _, chunk in segments)
+        return self._echo(marks)
+
+    def heard_ulaw(self) -> bytes:
+        return b"".join(chunk for _, chunk in self.heard)
+
+    def _apply(self, message: dict[str, Any], now: float) -> list[str]:
+        event = message["event"]
+        if event == "media":
+            payload = base64.b64decode(message["media"]["payload"], validate=True)
+            self.media_bytes_received += len(payload)
+            return self.buffer.enqueue(payload, now)
+        if event == "mark":
+            return self.buffer.mark(str(message["mark"]["name"]), now)
+        if event == "clear":
+            self.clears.append(now)
+            return self.buffer.clear(now)
+        raise ValueError(f"unknown event {event!r}")
+
+    def _echo(self, marks: list[str]) -> list[str]:
+        self.marks_echoed.extend(marks)
+        return marks
+
+
+def render_timeline(segments: list[tuple[float, bytes]], rate: int = 8000) -> bytes:
+    """mu-law stretches with start times -> PCM16 on the timeline, silence where nothing was."""
+    end = max((round(t * rate) + len(chunk) for t, chunk in segments), default=0)
+    out = np.zeros(end, dtype="<i2")
+    for t, chunk in segments:
+        start = max(round(t * rate), 0)
+        out[start : start + len(chunk)] = np.frombuffer(ulaw_decode(chunk), dtype="<i2")[: end - start]
+    return out.tobytes()
+
+
+def parse_twiml(body: str) -> tuple[str, dict[str, str]]:
+    """TwiML -> (stream url without its query, as Twilio uses it; ``<Parameter>``s). ValueError if Twilio
+    could not stream it: not TwiML, no ``<Connect><Stream url>``, or not ``wss://``."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError as exc:
+        raise ValueError(f"the answer is not TwiML: {exc}") from None
+    stream = root.find("./Connect/Stream")
+    url = stream.get("url", "") if stream is not None and root.tag == "Response" else ""
+    if stream is None or not url:
+        raise ValueError("the TwiML has no <Connect><Stream url=...>")
+    parts = urlsplit(url)
+    if parts.scheme != "wss":
+        raise ValueError(f"Twilio streams only to wss:// URLs, not {url}")
+    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params

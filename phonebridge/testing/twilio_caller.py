@@ -1,50 +1,40 @@
-"""TwilioCaller: a simulated Twilio call leg that speaks Twilio's real wire protocol to a bridge under test.
+"""TwilioCaller: a simulated Twilio call leg speaking Twilio's real wire protocol (shared/PROTOCOLS.md 1).
 
-What it does, as Twilio does (shared/PROTOCOLS.md section 1):
+1. POSTs the voice webhook (Twilio's form), signed by twilio's own ``RequestValidator`` over the *public*
+   URL while connecting to the local ``server_url``: Twilio only reaches public https URLs.
+2. Reads ``<Response><Connect><Stream url="wss://...">`` and its ``<Parameter>``s from the TwiML. Twilio drops
+   a stream url's query string, so this caller does too (for the signature and the connection).
+3. Opens the WebSocket with the upgrade signed over that url (empty params), sends ``connected``, ``start``,
+   then ``media`` (160 mu-law bytes per 20 ms), ``dtmf``, ``stop``: ``sequenceNumber`` is shared and rises
+   by one, ``chunk`` counts frames from 1, ``timestamp`` is the frame's ms on the call's timeline.
+4. Plays what the bridge sends through Twilio's playback buffer (:mod:`phonebridge.testing.playback`),
+   echoing marks as Twilio does, and records what the caller heard and when.
 
-1. POSTs the voice webhook with Twilio's form and an ``X-Twilio-Signature`` computed by twilio's own
-   ``RequestValidator`` over the *public* URL (``public_url + voice_path``), while actually connecting to the
-   local ``server_url``. Twilio only reaches public https URLs; this is how a test gets the same bytes.
-2. Parses the TwiML answer: ``<Response><Connect><Stream url="wss://...">`` plus ``<Parameter>``s. Twilio
-   drops the query string of a stream url, so this caller does too (for the signature and the connection).
-3. Opens the media WebSocket with the upgrade signed over the stream url exactly as written in the TwiML
-   (empty params), then sends ``connected`` and ``start``; then ``media`` frames of 160 mu-law bytes per
-   20 ms, ``dtmf`` and finally ``stop``. ``sequenceNumber`` is shared by all events and rises by one;
-   ``chunk`` counts media frames from 1; ``timestamp`` is the frame's ms on the call's timeline.
-4. Plays what the bridge sends through :class:`~phonebridge.testing.playback.PlaybackBuffer`, Twilio's
-   playback buffer: marks are echoed when the audio before them has played, ``clear`` echoes every pending
-   mark. What the caller heard, and when, is recorded.
-
-Time: the call's timeline starts at 0 when the stream starts. With a finite ``speed`` it is the event loop's
-clock times ``speed`` (2.0 = twice real time); with ``speed=math.inf`` frames are sent as fast as the socket
-takes them, the timeline advances 20 ms per frame sent, and received audio plays instantly. An injected
-``clock`` drives playback instead: move it, then ``await caller.tick()``; frames are then sent unpaced.
+Time: the call's timeline starts at 0 with the stream. At a finite ``speed`` it is the loop's clock times
+``speed``; at ``math.inf`` frames go as fast as the socket takes them, each moves the timeline 20 ms, and
+received audio plays instantly. An injected ``clock`` drives playback instead (move it, then ``await
+caller.tick()``) and frames are sent unpaced.
 """
 
 from __future__ import annotations
 
 import asyncio
-import audioop  # until phonebridge.audio lands: its ulaw_encode/ulaw_decode replace these two calls
-import base64
-import binascii
 import json
 import math
 import secrets
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 from os import PathLike
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
-import numpy as np
 from twilio.request_validator import RequestValidator
 
+from phonebridge.audio import ulaw_decode, ulaw_encode
 from phonebridge.errors import PhonebridgeError
-from phonebridge.testing.playback import PlaybackBuffer
+from phonebridge.testing.playback import LegCore, Received, parse_twiml, render_timeline
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.wav import read_wav, resample_pcm16, write_stereo_wav
 
@@ -63,32 +53,6 @@ class CallRejected(PhonebridgeError):
         self.status = status
         self.body = body
         self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class Received:
-    """One message the bridge sent, with the call-timeline second it arrived."""
-
-    t: float
-    message: dict[str, Any]
-
-
-def ulaw_encode(pcm16: bytes) -> bytes:
-    return audioop.lin2ulaw(pcm16, 2)
-
-
-def ulaw_decode(ulaw: bytes) -> bytes:
-    return audioop.ulaw2lin(ulaw, 2)
-
-
-def render_timeline(segments: list[tuple[float, bytes]]) -> bytes:
-    """mu-law stretches with start times -> 8 kHz PCM16 on the timeline, silence where nothing was."""
-    end = max((round(t * RATE) + len(chunk) for t, chunk in segments), default=0)
-    out = np.zeros(end, dtype="<i2")
-    for t, chunk in segments:
-        start = max(round(t * RATE), 0)
-        out[start : start + len(chunk)] = np.frombuffer(ulaw_decode(chunk), dtype="<i2")[: end - start]
-    return out.tobytes()
 
 
 class TwilioCaller:
@@ -121,25 +85,21 @@ class TwilioCaller:
         self.from_number, self.to_number = from_number, to_number
         self.speed, self.sign, self.continuous = speed, sign, paced if continuous is None else continuous
         self.stream_sid = "MZ" + secrets.token_hex(16)
-        self._validator = RequestValidator(auth_token)
-        self._extra_form = dict(extra_form or {})
-        self._clock = clock
-        # What the webhook answered.
-        self.twiml = ""
+        self._validator, self._extra_form, self._clock = RequestValidator(auth_token), dict(extra_form or {}), clock
+        self.twiml = ""  # what the webhook answered
         self.stream_url = ""
         self.parameters: dict[str, str] = {}
-        # Observations.
-        self.events: list[Received] = []
-        self.clears: list[float] = []
-        self.marks_echoed: list[str] = []
-        self.media_bytes_received = 0
-        self.protocol_errors: list[str] = []  # what the bridge sent that Twilio would not accept
-        self.close_code: int | None = None
+        self.close_code: int | None = None  # set when the socket closes; see closed_by_server
         self.closed_by_server = False
-        # Machinery.
-        self._buffer = PlaybackBuffer(RATE)
-        self._heard: list[tuple[float, bytes]] = []
-        self._sent: list[tuple[float, bytes]] = []
+        self._core = LegCore(self.stream_sid, self.account_sid, self.call_sid, RATE)
+        # The ear's records, shared (the same lists) so that tests read them off the caller.
+        self.events: list[Received] = self._core.events
+        self.clears: list[float] = self._core.clears
+        self.marks_echoed: list[str] = self._core.marks_echoed
+        self.protocol_errors: list[str] = self._core.protocol_errors
+        self._init_machinery()
+
+    def _init_machinery(self) -> None:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -149,8 +109,6 @@ class TwilioCaller:
         self._wake_player = asyncio.Event()
         self._closed = asyncio.Event()
         self._ending = False
-        self._seq = 0
-        self._chunk = 0
         self._cursor = 0.0  # where the next media frame starts on the timeline
         self._vnow = 0.0  # the timeline at infinite speed
         self._t0: float | None = None
@@ -161,9 +119,7 @@ class TwilioCaller:
         await self.dial()
         return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.hangup()
 
     async def dial(self) -> None:
@@ -180,13 +136,7 @@ class TwilioCaller:
 
     def webhook_form(self) -> dict[str, str]:
         """The form Twilio POSTs for an inbound call (plus ``extra_form``)."""
-        form = {"AccountSid": self.account_sid, "ApiVersion": "2010-04-01", "CallSid": self.call_sid,
-                "CallStatus": "ringing", "Direction": "inbound", "From": self.from_number, "To": self.to_number,
-                "Caller": self.from_number, "Called": self.to_number}  # fmt: skip
-        for prefix in ("From", "To", "Caller", "Called"):
-            form.update({f"{prefix}City": "", f"{prefix}State": "", f"{prefix}Zip": "", f"{prefix}Country": "US"})
-        form.update(self._extra_form)
-        return form
+        return {**self._core.webhook_form(self.from_number, self.to_number), **self._extra_form}
 
     async def _post_webhook(self) -> None:
         assert self._session is not None
@@ -199,7 +149,10 @@ class TwilioCaller:
         if status != 200:
             raise CallRejected(status, body, "the voice webhook did not answer 200")
         self.twiml = body
-        self.stream_url, self.parameters = _parse_twiml(body)
+        try:
+            self.stream_url, self.parameters = parse_twiml(body)
+        except ValueError as exc:
+            raise CallRejected(200, body, str(exc)) from None
 
     async def _open_stream(self) -> None:
         assert self._session is not None
@@ -211,11 +164,8 @@ class TwilioCaller:
         except aiohttp.WSServerHandshakeError as exc:
             raise CallRejected(exc.status, exc.message, "the media WebSocket upgrade was refused") from exc
         self._t0 = asyncio.get_running_loop().time()
-        await self.send_raw({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-        media_format = {"encoding": "audio/x-mulaw", "sampleRate": RATE, "channels": 1}
-        start = {"streamSid": self.stream_sid, "accountSid": self.account_sid, "callSid": self.call_sid,
-                 "tracks": ["inbound"], "customParameters": self.parameters, "mediaFormat": media_format}  # fmt: skip
-        await self._send_event("start", {"start": start})
+        await self.send_raw(self._core.connected())
+        await self._send(lambda: self._core.start(self.parameters, RATE))
         self._tasks.append(asyncio.create_task(self._read()))
         if self._clock is None and math.isfinite(self.speed):
             self._tasks.append(asyncio.create_task(self._play()))
@@ -245,6 +195,7 @@ class TwilioCaller:
         await self._stream(ulaw_encode(pcm))
 
     async def say_wav(self, path: str | PathLike[str]) -> None:
+        """Speak a WAV file (any PCM rate and channel count)."""
         await self._stream(ulaw_encode(read_wav(path, RATE)))
 
     async def silence(self, seconds: float) -> None:
@@ -256,7 +207,7 @@ class TwilioCaller:
         if digit not in DTMF_DIGITS:
             raise ValueError(f"not a DTMF digit: {digit!r}")
         if self.up:
-            await self._send_event("dtmf", {"dtmf": {"track": "inbound_track", "digit": digit}})
+            await self._send(lambda: self._core.dtmf(digit))
 
     async def send_raw(self, message: str | dict[str, Any]) -> None:
         """Send any text frame as is: no sequencing (for malformed-frame tests)."""
@@ -290,30 +241,24 @@ class TwilioCaller:
         self._cursor = end
         if math.isinf(self.speed):
             self._vnow = max(self._vnow, end)  # at infinite speed, sending is what moves the timeline
-        self._chunk += 1
-        self._sent.append((start, frame))
-        media = {"track": "inbound", "chunk": str(self._chunk), "timestamp": str(round(start * 1000)),
-                 "payload": base64.b64encode(frame).decode("ascii")}  # fmt: skip
-        await self._send_event("media", {"media": media})
+        await self._send(lambda: self._core.media(frame, start))
 
-    async def _send_event(self, event: str, body: dict[str, Any]) -> None:
+    async def _send(self, build: Callable[[], str]) -> None:
+        """Build a sequenced frame and send it under the wire lock, so sequence numbers reach the wire in order."""
         assert self._ws is not None
         async with self._wire:
-            if self._ws.closed:
-                return
-            self._seq += 1
-            message = {"event": event, "sequenceNumber": str(self._seq), "streamSid": self.stream_sid, **body}
-            await self._ws.send_str(json.dumps(message))
+            if not self._ws.closed:
+                await self._ws.send_str(build())
 
     # -- hanging up -------------------------------------------------------------------------------------
 
     async def hangup(self) -> None:
         """End the call as Twilio does: a ``stop`` event, then close the socket. Idempotent."""
         if self.up:
-            self._ending = True  # say() and the silence stream stop at their next frame
-            async with self._media:  # let a frame in flight finish, so stop is the last thing sent
-                pass
-            await self._send_event("stop", {"stop": {"accountSid": self.account_sid, "callSid": self.call_sid}})
+            self._ending = True  # say() and the silence stream stop at their next frame...
+            await self._media.acquire()  # ...and a frame in flight finishes first: stop is the last event
+            self._media.release()
+            await self._send(self._core.stop)
         await self.close()
 
     async def drop(self) -> None:
@@ -337,11 +282,9 @@ class TwilioCaller:
 
     async def _cancel_tasks(self) -> None:
         tasks, self._tasks = self._tasks, []
-        current = asyncio.current_task()
         for task in tasks:
-            if task is not current:
-                task.cancel()
-        await asyncio.gather(*(t for t in tasks if t is not current), return_exceptions=True)
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- listening --------------------------------------------------------------------------------------
 
@@ -349,10 +292,11 @@ class TwilioCaller:
         assert self._ws is not None
         try:
             async for message in self._ws:
-                if message.type == aiohttp.WSMsgType.TEXT:
-                    await self._on_text(message.data)
-                else:
+                if message.type != aiohttp.WSMsgType.TEXT:
                     self.protocol_errors.append(f"non-text frame: {message.type.name}")
+                    continue
+                await self._echo(self._core.receive(message.data, self._now()))
+                await self.tick()  # also wakes waiters, whatever came
         finally:
             self.close_code = self._ws.close_code
             self.closed_by_server = not self._ending
@@ -360,66 +304,23 @@ class TwilioCaller:
             self._closed.set()
             self._notify()
 
-    async def _on_text(self, text: str) -> None:
-        try:
-            await self._handle(text)
-        finally:
-            self._notify()  # whatever came, waiters re-check
-
-    async def _handle(self, text: str) -> None:
-        now = self._now()
-        try:
-            message = json.loads(text)
-            if not isinstance(message, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as exc:
-            self.protocol_errors.append(f"bad JSON: {exc}")
-            return
-        self.events.append(Received(now, message))
-        if message.get("streamSid") != self.stream_sid:
-            self.protocol_errors.append(f"wrong or missing streamSid in {message.get('event')!r}")
-            return
-        try:
-            marks = self._apply(message, now)
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            self.protocol_errors.append(f"malformed {message.get('event')!r}: {exc!r}")
-            return
-        await self._echo(marks)
-        await self.tick()
-
-    def _apply(self, message: dict[str, Any], now: float) -> list[str]:
-        event = message["event"]
-        if event == "media":
-            payload = base64.b64decode(message["media"]["payload"], validate=True)
-            self.media_bytes_received += len(payload)
-            return self._buffer.enqueue(payload, now)
-        if event == "mark":
-            return self._buffer.mark(str(message["mark"]["name"]), now)
-        if event == "clear":
-            self.clears.append(now)
-            return self._buffer.clear(now)
-        raise ValueError(f"unknown event {event!r}")
-
     async def tick(self) -> None:
         """Play what is due on the clock now, echo due marks, wake waiters (call it after moving a clock)."""
         now = self._now()
         if self._clock is None and math.isinf(self.speed):
-            now = max(now, self._buffer.drain_time() or now)  # play instantly
-        segments, marks = self._buffer.advance_segments(now)
-        self._heard.extend(segments)
-        await self._echo(marks)
+            now = max(now, self._core.buffer.drain_time() or now)  # play instantly
+        await self._echo(self._core.advance(now))
         self._wake_player.set()
         self._notify()
 
     async def _echo(self, marks: list[str]) -> None:
         for name in marks:
-            self.marks_echoed.append(name)
-            await self._send_event("mark", {"mark": {"name": name}})
+            await self._send(lambda: self._core.mark(name))
 
     async def _play(self) -> None:
         # Wakes when audio arrives and every 20 ms of timeline while some is queued, or when a mark is due.
         while True:
-            drain, mark_due = self._buffer.drain_time(), self._buffer.next_mark_time()
+            drain, mark_due = self._core.buffer.drain_time(), self._core.buffer.next_mark_time()
             self._wake_player.clear()
             if drain is None:
                 await self._wake_player.wait()
@@ -446,24 +347,28 @@ class TwilioCaller:
 
     # -- observations -----------------------------------------------------------------------------------
 
+    @property
+    def media_bytes_received(self) -> int:
+        return self._core.media_bytes_received
+
     def heard(self) -> bytes:
         """mu-law as the caller heard it, in order (cleared audio never played, so it is not here)."""
-        return b"".join(chunk for _, chunk in self._heard)
+        return self._core.heard_ulaw()
 
     def heard_pcm(self) -> bytes:
         return ulaw_decode(self.heard())
 
     @property
     def heard_seconds(self) -> float:
-        return sum(len(chunk) for _, chunk in self._heard) / RATE
+        return self._core.heard_bytes / RATE
 
     def heard_timeline(self) -> bytes:
         """What the caller heard as 8 kHz PCM16 on the call's timeline (silence where nothing played)."""
-        return render_timeline(self._heard)
+        return render_timeline(self._core.heard, RATE)
 
     def sent_pcm(self) -> bytes:
         """What the caller said as 8 kHz PCM16 on the call's timeline."""
-        return render_timeline(self._sent)
+        return render_timeline(self._core.sent, RATE)
 
     def write_wav(self, path: str | PathLike[str]) -> None:
         """A stereo WAV of the call: the caller on the left, what the caller heard on the right."""
@@ -476,10 +381,8 @@ class TwilioCaller:
                 while not predicate(self):
                     await self._changed.wait()
         except TimeoutError:
-            raise TimeoutError(
-                f"not within {timeout}s: heard {self.heard_seconds:.2f}s, {len(self.events)} events,"
-                f" marks {self.marks_echoed}, closed={self._closed.is_set()}"
-            ) from None
+            state = f"heard {self.heard_seconds:.2f}s, {len(self.events)} events, marks {self.marks_echoed}"
+            raise TimeoutError(f"not within {timeout}s: {state}, closed={self._closed.is_set()}") from None
 
     async def wait_heard(self, seconds: float, timeout: float = 10.0) -> None:
         await self.wait_for(lambda caller: caller.heard_seconds >= seconds, timeout)
@@ -487,20 +390,3 @@ class TwilioCaller:
     async def closed(self, timeout: float = 10.0) -> None:
         """Return once the socket is closed (``closed_by_server`` and ``close_code`` say how)."""
         await asyncio.wait_for(self._closed.wait(), timeout)
-
-
-def _parse_twiml(body: str) -> tuple[str, dict[str, str]]:
-    """TwiML -> (stream url without query, parameters); CallRejected if Twilio could not stream it."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
-        raise CallRejected(200, body, f"the answer is not TwiML: {exc}") from None
-    stream = root.find("./Connect/Stream")
-    url = stream.get("url", "") if stream is not None and root.tag == "Response" else ""
-    if stream is None or not url:
-        raise CallRejected(200, body, "the TwiML has no <Connect><Stream url=...>")
-    parts = urlsplit(url)
-    if parts.scheme != "wss":
-        raise CallRejected(200, body, f"Twilio streams only to wss:// URLs, not {url}")
-    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")), params

@@ -7,11 +7,12 @@ Only integer PCM WAVs (8/16/24/32-bit, any channel count) are read: that is what
 
 from __future__ import annotations
 
-import audioop  # until phonebridge.audio lands: its Resampler replaces ratecv here
 import wave
 from os import PathLike
 
 import numpy as np
+
+from phonebridge.audio import Resampler
 
 
 StrPath = str | PathLike[str]
@@ -55,11 +56,16 @@ def interleave(left: bytes, right: bytes) -> bytes:
 
 
 def resample_pcm16(pcm16: bytes, src_rate: int, dst_rate: int) -> bytes:
-    """Resample a whole mono PCM16 clip (one shot, so there is no chunk boundary to carry state over)."""
+    """Resample a whole mono PCM16 clip with phonebridge's own resampler: same length in time, no delay."""
     if src_rate == dst_rate:
         return pcm16
-    out, _ = audioop.ratecv(pcm16, 2, 1, src_rate, dst_rate, None)
-    return out
+    resampler = Resampler(src_rate, dst_rate)
+    out = resampler.process(pcm16) + resampler.flush()
+    # A whole clip has no latency budget: drop the filter's fixed delay so the clip stays time-aligned and
+    # exactly as long as it should be.
+    skip = round(resampler.delay_ms * dst_rate / 1000)
+    wanted = round(len(pcm16) // 2 * dst_rate / src_rate)
+    return out[2 * skip : 2 * (skip + wanted)].ljust(2 * wanted, b"\0")
 
 
 def _to_int16(raw: bytes, width: int) -> np.ndarray:

@@ -17,7 +17,8 @@ from aiohttp import WSMsgType, web
 from twilio.request_validator import RequestValidator
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
-from phonebridge.testing.twilio_caller import CallRejected, TwilioCaller, ulaw_encode
+from phonebridge.audio import ulaw_decode, ulaw_encode
+from phonebridge.testing.twilio_caller import CallRejected, TwilioCaller
 
 TOKEN = "test-auth-token"
 PUBLIC = "https://agent.example.com"
@@ -234,8 +235,6 @@ async def test_speed_inf_plays_instantly_and_records_a_stereo_wav(bridge: FakeBr
 
 
 def ulaw_encode_decode(pcm: bytes) -> bytes:
-    from phonebridge.testing.twilio_caller import ulaw_decode
-
     return ulaw_decode(ulaw_encode(pcm))
 
 
