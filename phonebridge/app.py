@@ -1,0 +1,265 @@
+"""make_app(settings, agent) -> web.Application: routes, signature checks, limits, lifecycle.
+
+Composed, not subclassed: typed app state lives under web.AppKey; shared resources (the genai client,
+Twilio REST) are made and closed in cleanup contexts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from google import genai
+
+from phonebridge import twiml
+from phonebridge.agent import Agent
+from phonebridge.bridge import CallServices, CallSession, CallStats
+from phonebridge.config import Settings
+from phonebridge.signatures import SignatureChecker
+from phonebridge.tools import all_tools
+
+log = logging.getLogger("phonebridge.app")
+
+VOICE_PATH, MEDIA_PATH, STATUS_PATH = "/twilio/voice", "/twilio/media", "/twilio/status"
+MAX_FRAME_BYTES = 256 * 1024
+HANDLER_THREADS = 32  # a media frame is ~250 bytes; anything near this is hostile
+
+
+@dataclass
+class Runtime:
+    """Per-app mutable state: the calls in progress and whether we are draining."""
+
+    settings: Settings
+    agent: Agent
+    services: CallServices | None = None
+    active: dict[int, CallSession] = field(default_factory=dict)
+    finished: list[CallStats] = field(default_factory=list)
+    draining: bool = False
+    started: float = field(default_factory=time.monotonic)
+    idle_event: asyncio.Event | None = None
+
+    def at_capacity(self) -> bool:
+        return len(self.active) >= self.settings.max_calls
+
+    def add(self, session: CallSession) -> None:
+        self.active[id(session)] = session
+        self._idle().clear()
+
+    def remove(self, session: CallSession) -> None:
+        self.active.pop(id(session), None)
+        if not self.active:
+            self._idle().set()
+
+    async def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Wait until no call is in progress; False if `timeout_s` passed first."""
+        try:
+            await asyncio.wait_for(self._idle().wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _idle(self) -> asyncio.Event:
+        if self.idle_event is None:
+            self.idle_event = asyncio.Event()
+            if not self.active:
+                self.idle_event.set()
+        return self.idle_event
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+FINISHED_KEEP = 1000
+
+
+def make_app(
+    settings: Settings,
+    agent: Agent,
+    *,
+    genai_client: genai.Client | Callable[[], genai.Client] | None = None,
+    rest: Any | None = None,
+    observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
+) -> web.Application:
+    """The bridge as an aiohttp application. `genai_client` defaults to `genai.Client()` (the SDK's own
+    environment: key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE); `rest` to TwilioRest from the settings."""
+    settings.check()
+    registry = all_tools(agent)
+    runtime = Runtime(settings, agent)
+    client_factory = _client_factory(genai_client)
+    rest = rest if rest is not None else _default_rest(settings)
+    runtime.services = CallServices(
+        agent, registry, client_factory,
+        hang_up=rest.hang_up if rest is not None else None,
+        transfer=rest.transfer if rest is not None else None,
+        connect_timeout_s=settings.model_connect_timeout_s,
+        reconnect_attempts=settings.reconnect_attempts,
+        observers=observers,
+        executor=ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="phonebridge-tool"),
+    )
+    app = web.Application(client_max_size=64 * 1024)
+    app[RUNTIME] = runtime
+    checker = (
+        SignatureChecker(settings.twilio_auth_token or "", settings.public_url)
+        if settings.validate_signatures and settings.public_url and settings.twilio_auth_token
+        else None
+    )
+    handlers = _Handlers(runtime, checker)
+    app.router.add_post(VOICE_PATH, handlers.voice)
+    app.router.add_get(MEDIA_PATH, handlers.media)
+    app.router.add_post(STATUS_PATH, handlers.status)
+    app.router.add_get("/healthz", handlers.healthz)
+    app.router.add_get("/readyz", handlers.readyz)
+    app.on_shutdown.append(_close_calls)
+    app.on_cleanup.append(_stop_executor)
+    return app
+
+
+def _client_factory(client: genai.Client | Callable[[], genai.Client] | None) -> Callable[[], genai.Client]:
+    if isinstance(client, genai.Client):
+        return lambda: client
+    if client is not None:
+        return client
+    made: list[genai.Client] = []
+
+    def from_environment() -> genai.Client:
+        if not made:
+            made.append(genai.Client())
+        return made[0]
+
+    return from_environment
+
+
+def _default_rest(settings: Settings) -> Any | None:
+    if not (settings.twilio_account_sid and settings.twilio_auth_token):
+        log.warning("TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN not set: hang-up and transfer close the stream instead")
+        return None
+    from phonebridge.rest import TwilioRest
+
+    return TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token, api_base=settings.twilio_api_url)
+
+
+class _Handlers:
+    def __init__(self, runtime: Runtime, checker: SignatureChecker | None) -> None:
+        self._rt, self._checker = runtime, checker
+
+    def _stream_url(self, request: web.Request) -> str:
+        if self._checker is not None:
+            return self._checker.stream_url(MEDIA_PATH)
+        public = self._rt.settings.public_url
+        if public:
+            scheme, rest = public.rstrip("/").split("://", 1)
+            return ("ws" if scheme == "http" else "wss") + "://" + rest + MEDIA_PATH
+        # Local development only (signatures off, no public URL): trust the Host header.
+        return f"wss://{request.host}{MEDIA_PATH}"
+
+    async def voice(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if not self._signed_webhook(request, form):
+            return web.Response(status=403, text="invalid Twilio signature")
+        if self._rt.draining or self._rt.at_capacity():
+            why = "draining" if self._rt.draining else "at capacity"
+            log.warning("refusing call %s: %s", form.get("CallSid", "?"), why)
+            return _xml(twiml.reject(self._rt.settings.busy_say))
+        stream_url = self._stream_url(request)
+        parameters = {
+            key: form[key] for key in ("CallSid", "From", "To", "Direction") if form.get(key)
+        }
+        parameters["Direction"] = request.query.get("direction", parameters.get("Direction", "inbound"))
+        fallback = _fallback(self._rt.settings)
+        return _xml(twiml.connect_stream(stream_url, parameters, fallback=fallback))
+
+    async def media(self, request: web.Request) -> web.StreamResponse:
+        if not self._signed_upgrade(request):
+            return web.Response(status=403, text="invalid Twilio signature")
+        if self._rt.draining or self._rt.at_capacity():
+            return web.Response(status=503, text="not taking calls")
+        services = self._rt.services
+        assert services is not None
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
+        await ws.prepare(request)
+        session = CallSession(ws, services)
+        self._rt.add(session)
+        try:
+            stats = await session.run()
+        finally:
+            self._rt.remove(session)
+        self._rt.finished.append(stats)
+        del self._rt.finished[:-FINISHED_KEEP]
+        return ws
+
+    async def status(self, request: web.Request) -> web.Response:
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if not self._signed_webhook(request, form):
+            return web.Response(status=403, text="invalid Twilio signature")
+        log.info(
+            "status callback: call %s is %s", form.get("CallSid", "?"),
+            form.get("CallStatus") or form.get("StreamEvent") or "?",
+        )
+        return web.Response(status=204)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "active_calls": len(self._rt.active)})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        ready = not self._rt.draining and not self._rt.at_capacity()
+        return web.json_response({"ready": ready, "draining": self._rt.draining}, status=200 if ready else 503)
+
+    def _signed_webhook(self, request: web.Request, form: dict[str, str]) -> bool:
+        if not self._rt.settings.validate_signatures:
+            return True
+        assert self._checker is not None
+        ok = self._checker.check_webhook(
+            request.path, request.rel_url.raw_query_string, form, request.headers.get("X-Twilio-Signature")
+        )
+        if not ok:
+            log.warning("rejected %s %s: bad or missing X-Twilio-Signature", request.method, request.path)
+        return ok
+
+    def _signed_upgrade(self, request: web.Request) -> bool:
+        if not self._rt.settings.validate_signatures:
+            return True
+        assert self._checker is not None
+        ok = self._checker.check_upgrade(request.path, request.headers.get("X-Twilio-Signature"))
+        if not ok:
+            log.warning("rejected media WebSocket upgrade: bad or missing X-Twilio-Signature")
+        return ok
+
+
+def _fallback(settings: Settings) -> str | None:
+    """TwiML verbs Twilio runs if we end the stream without hanging up (the model could not be reached)."""
+    if settings.fallback_dial:
+        return twiml.dial(settings.fallback_dial)
+    if settings.fallback_say:
+        return twiml.say(settings.fallback_say)
+    return None
+
+
+async def _stop_executor(app: web.Application) -> None:
+    services = app[RUNTIME].services
+    if services is not None and isinstance(services.executor, ThreadPoolExecutor):
+        # Threads of handlers still running cannot be killed; don't wait for them on shutdown.
+        services.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _xml(body: str) -> web.Response:
+    return web.Response(text=body, content_type="application/xml")
+
+
+async def _close_calls(app: web.Application) -> None:
+    runtime = app[RUNTIME]
+    for session in list(runtime.active.values()):
+        await session.close("server shutting down")
+
+
+async def drain(app: web.Application, timeout_s: float) -> int:
+    """Stop taking calls and wait up to `timeout_s` for active ones to end; returns how many remain."""
+    runtime = app[RUNTIME]
+    runtime.draining = True
+    log.info("draining: %d active calls, waiting up to %.0f s", len(runtime.active), timeout_s)
+    await runtime.wait_idle(timeout_s)
+    return len(runtime.active)
+
