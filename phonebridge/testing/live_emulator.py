@@ -167,8 +167,10 @@ class LiveEmulator:
             if remaining <= 0:
                 return False
             changed = self._changed
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel that lands as the event fires
             try:
-                await asyncio.wait_for(changed.wait(), None if math.isinf(remaining) else remaining)
+                async with asyncio.timeout(None if math.isinf(remaining) else remaining):
+                    await changed.wait()
             except TimeoutError:
                 return predicate()
         return True

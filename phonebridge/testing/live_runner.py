@@ -158,7 +158,7 @@ async def _say(rt: Runtime, conv: Conversation, conn: Connection, index: int, st
     if step.interruptible:
         conv.listeners.append(barge)
     try:
-        interrupted = await _stream(rt, conn, chunks, words, step.chunk_ms / 1000, lambda: barge.loud_run_ms >= rt.barge_in_ms)
+        interrupted = await _stream(rt, conn, chunks, words, step.chunk_ms / 1000, lambda: barge.longest_loud_run_ms >= rt.barge_in_ms)
     finally:
         if step.interruptible:
             conv.listeners.remove(barge)

@@ -164,7 +164,8 @@ class EnergyDetector:
     fast the audio arrives.
 
     `speech_ms` counts loud frames of the current utterance (short gaps between words included), `silence_ms`
-    quiet frames since the last loud one, `loud_run_ms` the current run of consecutive loud frames (barge-in).
+    quiet frames since the last loud one, `loud_run_ms` the current run of consecutive loud frames and
+    `longest_loud_run_ms` the longest so far (barge-in: one message may hold a whole burst and the quiet after).
     A loud burst shorter than `min_speech_ms` followed by `end_silence_ms` of quiet is noise: forgotten.
     """
 
@@ -175,6 +176,7 @@ class EnergyDetector:
         self.speech_ms = 0.0
         self.silence_ms = 0.0
         self.loud_run_ms = 0.0
+        self.longest_loud_run_ms = 0.0
         self._rate = 16000
         self._carry = b""
 
@@ -196,6 +198,7 @@ class EnergyDetector:
             self.speech_ms += 10.0
             self.silence_ms = 0.0
             self.loud_run_ms += 10.0
+            self.longest_loud_run_ms = max(self.longest_loud_run_ms, self.loud_run_ms)
             return
         self.silence_ms += 10.0
         self.loud_run_ms = 0.0
