@@ -1,6 +1,77 @@
-"""phonebridge's pytest plugin (registered through the ``pytest11`` entry point).
+"""phonebridge's pytest plugin: offline fixtures for testing a phonebridge agent.
 
-Fixtures are added as the emulators land.
+Registered through the ``pytest11`` entry point, so installing phonebridge is enough: no conftest needed.
+The fixtures are async and function-scoped; they need pytest-asyncio (phonebridge's ``test`` extra), and
+without it this plugin defines nothing rather than break pytest.
+
+``live_emulator``
+    A started :class:`phonebridge.testing.live_emulator.LiveEmulator` with ``speed=math.inf`` and the
+    default script; point the google-genai client at it with ``live_emulator.http_options()`` or
+    ``live_emulator.client_env()``. Stopped at teardown.
+
+``twilio_rest``
+    A started :class:`phonebridge.testing.twilio_rest.TwilioRestEmulator` (default account and token);
+    ``twilio_rest.client()`` is a real ``twilio.rest.Client`` that reaches it. Stopped at teardown.
+
+``twilio_caller_factory``
+    ``make(server_url, **kwargs) -> TwilioCaller``: simulated Twilio call legs
+    (:class:`phonebridge.testing.twilio_caller.TwilioCaller`, same keyword arguments). Every caller made is
+    hung up and closed at teardown.
+
+Example::
+
+    async def test_greets(live_emulator, twilio_caller_factory, my_server_url):
+        async with twilio_caller_factory(my_server_url, speed=math.inf) as caller:
+            await caller.wait_heard(1.0)
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from phonebridge.testing.live_emulator import LiveEmulator
+    from phonebridge.testing.twilio_caller import TwilioCaller
+    from phonebridge.testing.twilio_rest import TwilioRestEmulator
+
+try:
+    import pytest_asyncio
+except ImportError:  # pragma: no cover - a user without pytest-asyncio still gets a working pytest
+    pytest_asyncio = None  # type: ignore[assignment]
+
+
+if pytest_asyncio is not None:
+
+    @pytest_asyncio.fixture
+    async def live_emulator() -> AsyncIterator[LiveEmulator]:
+        # Imported here: the emulator pulls in TLS and script machinery a test may never use.
+        from phonebridge.testing.live_emulator import LiveEmulator
+
+        emulator = LiveEmulator(speed=math.inf)
+        async with emulator:
+            yield emulator
+
+    @pytest_asyncio.fixture
+    async def twilio_rest() -> AsyncIterator[TwilioRestEmulator]:
+        from phonebridge.testing.twilio_rest import TwilioRestEmulator
+
+        emulator = TwilioRestEmulator()
+        async with emulator:
+            yield emulator
+
+    @pytest_asyncio.fixture
+    async def twilio_caller_factory() -> AsyncIterator[Callable[..., TwilioCaller]]:
+        from phonebridge.testing.twilio_caller import TwilioCaller
+
+        made: list[TwilioCaller] = []
+
+        def make(server_url: str, **kwargs: Any) -> TwilioCaller:
+            caller = TwilioCaller(server_url, **kwargs)
+            made.append(caller)
+            return caller
+
+        yield make
+        for caller in made:
+            await caller.hangup()
