@@ -98,6 +98,7 @@ def make_app(
         connect_timeout_s=settings.model_connect_timeout_s,
         reconnect_attempts=settings.reconnect_attempts,
         observers=observers,
+        recorder_factory=_recorder_factory(settings),
         executor=ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="phonebridge-tool"),
     )
     app = web.Application(client_max_size=64 * 1024)
@@ -131,6 +132,14 @@ def _client_factory(client: genai.Client | Callable[[], genai.Client] | None) ->
         return made[0]
 
     return from_environment
+
+
+def _recorder_factory(settings: Settings) -> Any | None:
+    if not settings.record_dir:
+        return None
+    from phonebridge.recording import recorder_factory
+
+    return recorder_factory(settings.record_dir)
 
 
 def _default_rest(settings: Settings) -> Any | None:

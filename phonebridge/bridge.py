@@ -14,7 +14,7 @@ import time
 from concurrent.futures import Executor
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import WSMsgType, web
 from google import genai
@@ -77,7 +77,9 @@ class CallServices:
         reconnect_attempts: int = 5,
         observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
         executor: Executor | None = None,
+        recorder_factory: Callable[[twilio.Start], Recorder] | None = None,
     ) -> None:
+        self.recorder_factory = recorder_factory
         self.agent, self.registry, self.genai_client = agent, registry, genai_client
         # Sync handlers run here, not in the loop's default executor: a stuck handler can't starve others.
         self.executor = executor
@@ -85,6 +87,14 @@ class CallServices:
         self.hang_up, self.transfer = hang_up, transfer
         self.connect_timeout_s, self.reconnect_attempts = connect_timeout_s, reconnect_attempts
         self.observers = list(observers)
+
+
+class Recorder(Protocol):
+    """Where a call's wire traffic is written (phonebridge.recording): must never block or raise."""
+
+    def record(self, kind: str, payload: Any) -> None: ...
+
+    async def aclose(self) -> None: ...
 
 
 class CallSession:
@@ -109,6 +119,8 @@ class CallSession:
         self._timer: asyncio.TimerHandle | None = None
         self._partial = {"caller": "", "agent": ""}
         self._sent_first_audio = False
+        self._recorder: Recorder | None = None
+        self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
     # -- the Twilio side (the handler's task) ------------------------------------------------------------
 
@@ -116,6 +128,10 @@ class CallSession:
         try:
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
+                    if self._recorder is not None:
+                        self._recorder.record("twilio_in", message.data)
+                    elif self._early is not None and len(self._early) < 8:
+                        self._early.append(message.data)
                     await self._on_twilio_text(message.data)
                 elif message.type == WSMsgType.BINARY:
                     self._bad_frame(TwilioProtocolError("binary WebSocket frame", reason="binary_frame"))
@@ -187,14 +203,28 @@ class CallSession:
             executor=self._svc.executor,
             on_outcome=self._on_tool_outcome,
         )
+        self._start_recording(event)
         self._link = LiveLink(
             self._svc.genai_client(), self._svc.agent, self._svc.declarations, self._on_model_event,
             logger=self._log, connect_timeout_s=self._svc.connect_timeout_s,
             reconnect_attempts=self._svc.reconnect_attempts,
+            tap=self._recorder.record if self._recorder is not None else None,
         )
         self._log.info("call started (stream %s, %s)", event.stream_sid, params.get("Direction", "inbound"))
         self._emit("call_start", call_sid=event.call_sid, stream_sid=event.stream_sid, parameters=params)
         self._spawn(self._run_model(self._link))
+
+    def _start_recording(self, event: twilio.Start) -> None:
+        early, self._early = self._early or [], None
+        if self._svc.recorder_factory is None:
+            return
+        try:
+            self._recorder = self._svc.recorder_factory(event)
+        except Exception:  # noqa: BLE001 - a recording problem must not cost the call
+            self._log.exception("cannot record this call; it goes on unrecorded")
+            return
+        for text in early:
+            self._recorder.record("twilio_in", text)
 
     def _ours(self, event: twilio.Media | twilio.Mark | twilio.Dtmf | twilio.Stop) -> bool:
         if self._start is None:
@@ -334,6 +364,11 @@ class CallSession:
             self._spawn(self._stop_hold_later())
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
+        if self._recorder is not None:
+            self._recorder.record("tool", {
+                "id": outcome.id, "name": outcome.name, "args": dict(outcome.args), "status": outcome.status,
+                "response": outcome.response, "latency_s": outcome.latency_s,
+            })
         self._emit(
             "tool_result", id=outcome.id, name=outcome.name, status=outcome.status, response=outcome.response,
             latency_s=outcome.latency_s,
@@ -407,6 +442,8 @@ class CallSession:
     async def _send(self, text: str) -> None:
         if self._ws.closed:
             return
+        if self._recorder is not None:
+            self._recorder.record("twilio_out", text)
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await self._ws.send_str(text)
 
@@ -460,6 +497,8 @@ class CallSession:
             self.stats.malformed,
         )
         self._emit("call_end", stats=self.stats)
+        if self._recorder is not None:
+            await self._recorder.aclose()
 
     def _emit(self, kind: str, **data: Any) -> None:
         for observer in self._svc.observers:

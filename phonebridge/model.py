@@ -90,7 +90,9 @@ class LiveLink:
         connect_timeout_s: float = 10.0,
         reconnect_attempts: int = 5,
         backoff_s: float = 0.25,
+        tap: Callable[[str, Any], None] | None = None,
     ) -> None:
+        self._tap = tap  # sees every message both ways (the call's recorder)
         self._client, self._agent, self._declarations = client, agent, list(declarations)
         self._sink, self._log = sink, logger
         self._connect_timeout_s, self._attempts, self._backoff_s = connect_timeout_s, reconnect_attempts, backoff_s
@@ -115,6 +117,8 @@ class LiveLink:
                 self.held_dropped += 1
             self._held.append(pcm16k)
             return
+        if self._tap is not None:
+            self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": pcm16k}}})
         try:
             await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
         except Exception as exc:  # noqa: BLE001 - a dying connection: keep the audio for the next one
@@ -125,6 +129,8 @@ class LiveLink:
         session = self._session
         if session is None:
             return False
+        if self._tap is not None:
+            self._tap("model_out", {"realtime_input": {"text": text}})
         try:
             await session.send_realtime_input(text=text)
         except Exception as exc:  # noqa: BLE001
@@ -136,6 +142,10 @@ class LiveLink:
         session = self._session
         if session is None or not responses:
             return False
+        if self._tap is not None:
+            self._tap("model_out", {"tool_response": {"function_responses": [
+                r.model_dump(mode="json", exclude_none=True) for r in responses
+            ]}})
         try:
             await session.send_tool_response(function_responses=list(responses))
         except Exception as exc:  # noqa: BLE001
@@ -203,6 +213,9 @@ class LiveLink:
             if exc.code in _REFUSED and not self._handle:
                 raise ModelUnavailable(f"the model refused the session: {exc.code} {exc.message or exc}") from exc
             raise
+        if self._tap is not None:
+            self._tap("model_connect", {"cause": cause, "resumed": self._handle is not None, "seeded": seed,
+                                        "config": config.model_dump(mode="json", exclude_none=True)})
         if seed:
             await session.send_client_content(turns=self._history, turn_complete=True)
         self.connections += 1
@@ -221,6 +234,8 @@ class LiveLink:
         """Deliver events until this connection should be replaced; return why."""
         while not self._closing:
             async for message in session.receive():
+                if self._tap is not None:
+                    self._tap("model_in", message)
                 for event in translate(message):
                     await self._observe(event)
                     await self._sink(event)
