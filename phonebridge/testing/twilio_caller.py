@@ -19,12 +19,12 @@ caller.tick()``) and frames are sent unpaced.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import secrets
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -112,6 +112,7 @@ class TwilioCaller:
         self._cursor = 0.0  # where the next media frame starts on the timeline
         self._vnow = 0.0  # the timeline at infinite speed
         self._t0: float | None = None
+        self.started_at: float | None = None  # the event loop's time when the stream started (timeline 0)
 
     # -- dialling ---------------------------------------------------------------------------------------
 
@@ -163,7 +164,7 @@ class TwilioCaller:
             self._ws = await self._session.ws_connect(self._local(self.stream_url), headers=headers)
         except aiohttp.WSServerHandshakeError as exc:
             raise CallRejected(exc.status, exc.message, "the media WebSocket upgrade was refused") from exc
-        self._t0 = asyncio.get_running_loop().time()
+        self._t0 = self.started_at = asyncio.get_running_loop().time()
         await self.send_raw(self._core.connected())
         await self._send(lambda: self._core.start(self.parameters, RATE))
         self._tasks.append(asyncio.create_task(self._read()))
@@ -315,7 +316,7 @@ class TwilioCaller:
 
     async def _echo(self, marks: list[str]) -> None:
         for name in marks:
-            await self._send(lambda: self._core.mark(name))
+            await self._send(functools.partial(self._core.mark, name))
 
     async def _play(self) -> None:
         # Wakes when audio arrives and every 20 ms of timeline while some is queued, or when a mark is due.

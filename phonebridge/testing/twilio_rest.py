@@ -182,9 +182,11 @@ class TwilioRestEmulator:
         self, request: web.Request, handler: Callable[[web.Request], Any]
     ) -> web.StreamResponse:
         pairs = await _pairs(request)
-        auth = aiohttp.BasicAuth.decode(request.headers["Authorization"]) if "Authorization" in request.headers else None
+        header = request.headers.get("Authorization")
+        auth = aiohttp.BasicAuth.decode(header) if header else None
         auth_ok = auth is not None and (auth.login, auth.password) == (self.account_sid, self.auth_token)
-        self.requests.append(RestRequest(request.method, request.path, dict(pairs), dict(request.query), auth_ok, pairs))
+        query = dict(request.query)
+        self.requests.append(RestRequest(request.method, request.path, dict(pairs), query, auth_ok, pairs))
         self._notify()
         if self._failures:
             return _error(self._failures.pop(0), "Injected failure (TwilioRestEmulator.fail_next)")

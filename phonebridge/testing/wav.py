@@ -14,7 +14,6 @@ import numpy as np
 
 from phonebridge.audio import Resampler
 
-
 StrPath = str | PathLike[str]
 
 

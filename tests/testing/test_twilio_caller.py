@@ -32,6 +32,7 @@ class FakeBridge:
     twiml_override: str | None = None
     webhook_forms: list[dict[str, str]] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)  # loop time each frame arrived
     end: str = ""  # how the socket ended: "close" (a close frame) or another WSMsgType name
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -65,6 +66,7 @@ class FakeBridge:
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 self.received.append(json.loads(message.data))
+                self.arrivals.append(asyncio.get_running_loop().time())
                 self.arrived.set()
         self.end = "close" if ws.close_code is not None and ws.close_code != 1006 else "lost"
         self.gone.set()
@@ -239,12 +241,15 @@ def ulaw_encode_decode(pcm: bytes) -> bytes:
 
 
 async def test_continuous_streaming_paces_frames_and_say_takes_over(bridge: FakeBridge) -> None:
-    loop = asyncio.get_running_loop()
     async with TwilioCaller(bridge.base, speed=4.0) as caller:
-        began = loop.time()
         await bridge.wait(lambda r: len(r) >= 5)  # connected, start, three silence frames
-        assert loop.time() - began >= 3 * 0.02 / 4 - 0.002
         await caller.say(b"\x00\x20" * 320)
+    await bridge.gone.wait()
+    assert caller.started_at is not None
+    # Paced: frame k (20 ms of audio) leaves once its audio is spoken, k * 5 ms of real time at speed 4.
+    timed = zip(bridge.arrivals, bridge.received, strict=True)
+    arrivals = [t - caller.started_at for t, m in timed if m["event"] == "media"]
+    assert all(t >= (k + 1) * 0.005 for k, t in enumerate(arrivals)) and len(arrivals) >= 5
     frames = bridge.of("media")
     assert [m["media"]["chunk"] for m in frames] == [str(i) for i in range(1, len(frames) + 1)]
     assert [m["media"]["timestamp"] for m in frames] == [str(20 * i) for i in range(len(frames))]
@@ -282,3 +287,17 @@ async def test_malformed_frames_from_the_bridge_are_recorded_not_played(bridge: 
         await caller.wait_for(lambda c: len(c.protocol_errors) == 3)
         assert caller.heard() == b"" and caller.media_bytes_received == 0
         await bridge.wait(lambda r: r[-1] == {"event": "bogus"})
+
+
+async def test_say_wav_reads_any_rate_and_channel_count(bridge: FakeBridge, tmp_path: Path) -> None:
+    from phonebridge.testing.wav import read_wav, write_stereo_wav
+
+    tone = b"".join(int(8000 * ((i // 8) % 2 * 2 - 1)).to_bytes(2, "little", signed=True) for i in range(1600))
+    write_stereo_wav(tmp_path / "in.wav", tone, tone, rate=16000)  # 0.1 s at 16 kHz, stereo
+    assert len(read_wav(tmp_path / "in.wav", 8000)) == 1600  # 800 samples at 8 kHz, mono
+    async with TwilioCaller(bridge.base, speed=math.inf) as caller:
+        await caller.say_wav(tmp_path / "in.wav")
+    await bridge.gone.wait()
+    frames = bridge.of("media")
+    assert len(frames) == 5
+    assert base64.b64decode(frames[0]["media"]["payload"]) == ulaw_encode(read_wav(tmp_path / "in.wav", 8000)[:320])
