@@ -3,10 +3,12 @@
 All PCM here is 16-bit little-endian mono. Twilio speaks mu-law at 8 kHz, Gemini Live wants PCM16 at 16 kHz and
 answers at 24 kHz, so every call runs 8k -> 16k inbound and 24k -> 8k outbound, every 20 ms.
 
-Why a polyphase Kaiser-windowed-sinc FIR and not audioop.ratecv or soxr: ratecv (and soxr "QQ") do no
-anti-aliasing on 24k -> 8k, and soxr's better qualities hold 40-150 ms of audio back when fed 20 ms frames.
-This filter is linear-phase with a fixed delay of about 2.2 ms, rejects aliases and images by more than 80 dB,
-and returns every output sample as soon as the input it depends on has arrived.
+Why a polyphase FIR of our own and not audioop.ratecv or soxr: ratecv (and soxr "QQ") do no anti-aliasing on
+24k -> 8k, and soxr's better qualities hold 40-150 ms of audio back when fed 20 ms frames. This filter is
+linear-phase with a fixed delay of about 1.7 ms (measured by bench/audio), rejects aliases and images by more
+than 80 dB with a passband flat to 0.05 dB, and returns every output sample as soon as the input it depends
+on has arrived. Its taps come from a near-minimax design (Lawson's reweighted least squares), a quarter
+shorter than a Kaiser-windowed sinc of the same rejection; very long prototypes fall back to Kaiser.
 
 Design, for a ratio dst/src = L/M in lowest terms: the prototype filter runs at src*L; its passband ends at
 0.425 and its stopband starts at 0.575 of the lower of the two rates (3400 Hz and 4600 Hz around 8 kHz). So
@@ -20,6 +22,7 @@ order BLAS sums in, which makes streaming in any chunk sizes give the very same 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -35,7 +38,10 @@ __all__ = ["InboundTranscoder", "OutboundTranscoder", "Resampler", "ulaw_decode"
 
 _PASS_EDGE = 0.425  # of the lower rate: 3400 Hz at 8 kHz
 _STOP_EDGE = 0.575  # of the lower rate: 4600 Hz at 8 kHz
-_DESIGN_ATTENUATION_DB = 84.0  # the bar is 80 dB; Kaiser's length formula is approximate
+_STOP_RIPPLE = 10 ** (-88 / 20)  # design target; the bar is 80 dB
+_PASS_RIPPLE = 0.003  # +-0.026 dB; the bar is 0.1 dB peak to peak
+_MINIMAX_MAX_TAPS = 121  # beyond, the design takes too long (44.1k -> 8k, 48k -> 8k): a Kaiser window instead
+_LAWSON_ROUNDS = 40
 _COEFFICIENT_BITS = 30  # products of int16 and these coefficients stay exact in float64
 _CHUNK = 4096  # input samples per internal step: bounds the work buffers, whatever the caller sends
 
@@ -77,23 +83,63 @@ class _Polyphase:
             phase, offset = (r * self.down) % self.up, (r * self.down) // self.up
             column = _unit_sum(padded[phase :: self.up])
             self.matrix[self.taps - 1 + offset - np.arange(self.taps), r] = column
+        self.matrix.flags.writeable = False  # shared by every Resampler of this rate pair
         self.delay_ms = 1000.0 * self.delay / (src_rate * self.up)
 
 
+@functools.lru_cache(maxsize=32)
+def _polyphase(src_rate: int, dst_rate: int) -> _Polyphase:
+    """The design for a rate pair, made once per process: it takes tens of milliseconds, calls are many."""
+    return _Polyphase(src_rate, dst_rate)
+
+
 def _prototype(src_rate: int, up: int, down: int) -> tuple[np.ndarray, int]:
-    """A linear-phase Kaiser-windowed sinc at src_rate*up; returns it and its delay in prototype samples."""
+    """The linear-phase lowpass at src_rate*up; returns it and its delay in prototype samples."""
     if up == down:
         return np.ones(1), 0
     rate = src_rate * up
     low = min(src_rate, src_rate * up // down)
-    width = (_STOP_EDGE - _PASS_EDGE) * low / rate  # transition width, cycles per prototype sample
-    cutoff = 0.5 * low / rate
-    length = math.ceil((_DESIGN_ATTENUATION_DB - 7.95) / (2.285 * 2 * math.pi * width)) + 1
-    length += 1 - length % 2  # odd: the delay is a whole number of prototype samples
-    beta = 0.1102 * (_DESIGN_ATTENUATION_DB - 8.7)
+    pass_edge, stop_edge = _PASS_EDGE * low / rate, _STOP_EDGE * low / rate  # cycles per sample
+    # Bellanger's estimate of the minimax length, made odd so the delay is a whole number of samples.
+    estimate = 2 / 3 * math.log10(1 / (10 * _PASS_RIPPLE * _STOP_RIPPLE)) / (stop_edge - pass_edge)
+    length = (math.ceil(estimate) + 2) | 1  # two taps of margin: the estimate is not a guarantee
+    if length <= _MINIMAX_MAX_TAPS:
+        taps = _minimax_lowpass(length, pass_edge, stop_edge)
+    else:
+        taps = _kaiser_lowpass(pass_edge, stop_edge)
+    return taps * up, (len(taps) - 1) // 2
+
+
+def _minimax_lowpass(length: int, pass_edge: float, stop_edge: float) -> np.ndarray:
+    """Near-equiripple lowpass by Lawson's iteratively reweighted least squares.
+
+    Why not a Kaiser window: it forces the passband ripple down to the stopband's 1e-4, while 0.003 is
+    plenty; spending that slack buys about a quarter fewer taps, hence less CPU and less delay.
+    """
+    half = (length - 1) // 2
+    points = 8 * length
+    in_pass = max(8, round(points * pass_edge / (0.5 - stop_edge + pass_edge)))
+    freqs = np.concatenate([np.linspace(0, pass_edge, in_pass), np.linspace(stop_edge, 0.5, points - in_pass)])
+    wanted = (freqs <= pass_edge).astype(np.float64)
+    basis = np.cos(2 * np.pi * np.outer(freqs, np.arange(half + 1)))
+    basis[:, 1:] *= 2  # h[0] + 2 * sum(h[k] cos(2 pi f k)): the response of a symmetric filter
+    importance = np.where(wanted > 0, 1.0, _PASS_RIPPLE / _STOP_RIPPLE)
+    weights = importance.copy()
+    for _ in range(_LAWSON_ROUNDS):
+        root = np.sqrt(weights)
+        cosines = np.linalg.lstsq(basis * root[:, None], wanted * root, rcond=None)[0]
+        error = importance * np.abs(basis @ cosines - wanted)
+        weights = np.maximum(weights * error / np.mean(weights * error), 1e-12)
+    return np.concatenate([cosines[:0:-1], cosines])
+
+
+def _kaiser_lowpass(pass_edge: float, stop_edge: float) -> np.ndarray:
+    """Kaiser-windowed sinc: longer than minimax, but designed at once whatever its length."""
+    attenuation = -20 * math.log10(_STOP_RIPPLE)
+    length = math.ceil((attenuation - 7.95) / (2.285 * 2 * math.pi * (stop_edge - pass_edge))) + 1 | 1
+    cutoff = (pass_edge + stop_edge) / 2
     n = np.arange(length) - (length - 1) / 2
-    taps = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(length, beta)
-    return taps * up, (length - 1) // 2
+    return 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(length, 0.1102 * (attenuation - 8.7))
 
 
 def _unit_sum(phase: np.ndarray) -> np.ndarray:
@@ -118,13 +164,14 @@ class Resampler:
     def __init__(self, src_rate: int, dst_rate: int) -> None:
         self.src_rate = src_rate
         self.dst_rate = dst_rate
-        self._filter = _Polyphase(src_rate, dst_rate)
+        self._filter = _polyphase(src_rate, dst_rate)
         f = self._filter
         self._buffer = np.zeros(f.taps + _CHUNK + 3 * f.down)
         blocks = (len(self._buffer) - f.window) // f.down + 1
         # One strided view of every block's window; a step only slices it (no per-frame allocation).
         self._windows = as_strided(self._buffer, shape=(blocks, f.window), strides=(8 * f.down, 8))
         self._out = np.empty((blocks, f.up))
+        self._out_flat = self._out.reshape(-1)  # the same memory, outputs in time order
         self._samples = np.empty(blocks * f.up, dtype="<i2")
         self.reset()
 
@@ -165,34 +212,27 @@ class Resampler:
         after the last real input instead.
         """
         f = self._filter
-        end = self._fill + len(samples)
-        self._buffer[self._fill : end] = samples
+        buffer, fill = self._buffer, self._fill
+        end = fill + len(samples)
+        buffer[fill:end] = samples
         # Inputs at or after the current block's start, then the outputs they make available (a ceiling).
-        arrived = (end if owed is None else self._fill) - (f.taps - 1)
-        self._fill = end
+        arrived = (end if owed is None else fill) - (f.taps - 1)
         available = -((-arrived * f.up - (owed or 0)) // f.down)
         blocks = -(-available // f.up)
-        out = self._out[:blocks]
-        np.dot(self._windows[:blocks], f.matrix, out=out)
-        flat = out.reshape(-1)[self._emitted : available]
+        np.dot(self._windows[:blocks], f.matrix, out=self._out[:blocks])
+        flat = self._out_flat[self._emitted : available]
         np.rint(flat, out=flat)
         np.minimum(flat, 32767.0, out=flat)
         np.maximum(flat, -32768.0, out=flat)
         pcm = self._samples[: len(flat)]
         np.copyto(pcm, flat, casting="unsafe")
-        self._advance(available)
-        return pcm.tobytes()
-
-    def _advance(self, available: int) -> None:
-        """Drop the input no future block needs, so the buffer starts at the next block's window."""
-        f = self._filter
-        done = available // f.up
-        self._emitted = available % f.up
+        # Drop the input no future block needs: the buffer then starts at the next block's window.
+        done, self._emitted = divmod(available, f.up)
         shift = done * f.down
         if shift:
-            keep = self._fill - shift
-            self._buffer[:keep] = self._buffer[shift : self._fill]
-            self._fill = keep
+            buffer[: end - shift] = buffer[shift:end]
+        self._fill = end - shift
+        return pcm.tobytes()
 
 
 class InboundTranscoder:
