@@ -316,10 +316,12 @@ class LiveEmulator:
         if "audio" in body:
             rate = wire.audio_rate(str(body["audio"].get("mimeType", ""))) or 16000
             pcm = wire.decode_client_bytes(str(body["audio"].get("data", "")))
-            conv.hear_audio(pcm, rate)
+            if conv.active is conn:  # a connection superseded by a resumed one no longer talks to the script
+                conv.hear_audio(pcm, rate)
             conn.record_in("audio", data, audio=pcm)
         elif "text" in body:
-            conv.pending_texts.append(str(body["text"]))
+            if conv.active is conn:
+                conv.pending_texts.append(str(body["text"]))
             conn.record_in("text", data)
         else:
             kind = {"activityStart": "activity_start", "activityEnd": "activity_end", "audioStreamEnd": "audio_stream_end"}
