@@ -166,7 +166,8 @@ class Resampler:
         self.dst_rate = dst_rate
         self._filter = _polyphase(src_rate, dst_rate)
         f = self._filter
-        self._buffer = np.zeros(f.taps + _CHUNK + 3 * f.down)
+        # Room for a few steps: data moves back to the start only when a step would not fit (see _step).
+        self._buffer = np.zeros(f.taps + 4 * _CHUNK + 3 * f.down)
         blocks = (len(self._buffer) - f.window) // f.down + 1
         # One strided view of every block's window; a step only slices it (no per-frame allocation).
         self._windows = as_strided(self._buffer, shape=(blocks, f.window), strides=(8 * f.down, 8))
@@ -183,6 +184,7 @@ class Resampler:
     def reset(self) -> None:
         """Forget all carried audio: the next `process()` starts a new stream from silence."""
         self._buffer[:] = 0.0
+        self._row = 0  # the current block: its window starts at self._row * down in the buffer
         self._fill = self._filter.taps - 1  # the window's history: silence before the stream
         self._emitted = 0  # outputs of the current block already returned
         self._half = b""
@@ -212,26 +214,26 @@ class Resampler:
         after the last real input instead.
         """
         f = self._filter
-        buffer, fill = self._buffer, self._fill
+        buffer, row, fill = self._buffer, self._row, self._fill
+        if fill + len(samples) + 2 * f.down > len(buffer):
+            start = row * f.down
+            buffer[: fill - start] = buffer[start:fill]
+            row, fill = 0, fill - start
         end = fill + len(samples)
         buffer[fill:end] = samples
         # Inputs at or after the current block's start, then the outputs they make available (a ceiling).
-        arrived = (end if owed is None else fill) - (f.taps - 1)
+        arrived = (end if owed is None else fill) - row * f.down - (f.taps - 1)
         available = -((-arrived * f.up - (owed or 0)) // f.down)
         blocks = -(-available // f.up)
-        np.dot(self._windows[:blocks], f.matrix, out=self._out[:blocks])
+        np.dot(self._windows[row : row + blocks], f.matrix, out=self._out[:blocks])
         flat = self._out_flat[self._emitted : available]
         np.rint(flat, out=flat)
         np.minimum(flat, 32767.0, out=flat)
         np.maximum(flat, -32768.0, out=flat)
         pcm = self._samples[: len(flat)]
         np.copyto(pcm, flat, casting="unsafe")
-        # Drop the input no future block needs: the buffer then starts at the next block's window.
         done, self._emitted = divmod(available, f.up)
-        shift = done * f.down
-        if shift:
-            buffer[: end - shift] = buffer[shift:end]
-        self._fill = end - shift
+        self._row, self._fill = row + done, end  # input before the next block's window is no longer needed
         return pcm.tobytes()
 
 
