@@ -72,8 +72,9 @@ class _Polyphase:
         common = math.gcd(src_rate, dst_rate)
         self.up = dst_rate // common
         self.down = src_rate // common
-        prototype, self.delay = _prototype(src_rate, self.up, self.down)
-        # At least `down` taps per phase: then one block never skips past the input we hold (see _Stream).
+        prototype, self.delay = _prototype(src_rate, self.up, self.down)  # delay: in prototype samples
+        # At least `down` taps per phase: then the next block's window never starts past the input we hold,
+        # which the buffer compaction in Resampler._step relies on.
         self.taps = max(-(-len(prototype) // self.up), self.down)
         padded = np.zeros(self.taps * self.up)
         padded[: len(prototype)] = prototype  # zeros on the oldest taps: the delay does not change
@@ -145,8 +146,8 @@ def _kaiser_lowpass(pass_edge: float, stop_edge: float) -> np.ndarray:
 def _unit_sum(phase: np.ndarray) -> np.ndarray:
     """Scale a phase to a sum of 1, then round to multiples of 2**-30 (see the module docstring).
 
-    Each phase's gain at 0 Hz differs from 1 by the filter's ripple (about 1e-4); a loud constant input
-    would then come out a few steps off, and the phases' mismatch would be a faint image at dst_rate/L.
+    Each phase's gain at 0 Hz differs from 1 by up to the passband ripple: a loud constant input would come
+    out some steps off, and the phases' mismatch would leave a faint tone at multiples of src_rate.
     """
     scale = float(1 << _COEFFICIENT_BITS)
     return np.round(phase / phase.sum() * scale) / scale

@@ -290,3 +290,9 @@ def test_outbound_reset_after_barge_in_leaks_nothing_of_the_cut_turn() -> None:
     next_turn = synth_speech("sure, go ahead", 24000, seconds=0.3)
     fresh = OutboundTranscoder()
     assert transcoder.process(next_turn) + transcoder.flush() == fresh.process(next_turn) + fresh.flush()
+
+
+@pytest.mark.parametrize(("src", "dst"), [(0, 8000), (8000, -16000)])
+def test_rates_must_be_positive(src: int, dst: int) -> None:
+    with pytest.raises(ValueError, match="must be positive"):
+        Resampler(src, dst)
