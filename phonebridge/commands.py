@@ -7,6 +7,8 @@ import argparse
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Each command module adds its own parser; this is the one list of them."""
-    from phonebridge import demo
+    from phonebridge import demo, twilio_cli
 
     demo.add_parser(sub)
+    from phonebridge import replay; replay.add_parser(sub)  # noqa: E702
+    twilio_cli.add_parsers(sub)
