@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["LiveEmulator", "TwilioCaller", "TwilioRestEmulator", "synth_speech"]
+__all__ = ["LiveEmulator", "TwilioCaller", "TwilioRestEmulator", "assert_replays", "replay_cassette", "synth_speech"]
 
 _LAZY = {
     "LiveEmulator": "phonebridge.testing.live_emulator",
     "TwilioCaller": "phonebridge.testing.twilio_caller",
     "TwilioRestEmulator": "phonebridge.testing.twilio_rest",
     "synth_speech": "phonebridge.testing.speech",
+    "replay_cassette": "phonebridge.testing.replay",
+    "assert_replays": "phonebridge.testing.replay",
 }
 
 

@@ -1,0 +1,179 @@
+"""`phonebridge replay CASSETTE...`: drive the current code with recorded calls and say where it differs.
+
+What is compared (no I/O here: the driver is phonebridge.testing.replay):
+- the tool calls the bridge ran: id, name, arguments, status and response, in order;
+- the tool responses it sent to the model, in order;
+- its Twilio outbound stream: media bytes concatenated per run (between marks and clears), mark names, clears.
+Times, stream sids, sequence numbers and caller audio are not compared: they differ on every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from phonebridge.recording import Cassette, decode_bytes
+
+MAX_DIVERGENCES = 5  # a readable diff shows the first few; the rest usually follow from them
+
+
+@dataclass(frozen=True)
+class Conduct:
+    """What the bridge did on one call, in the terms a replay compares."""
+
+    tools: tuple[dict[str, Any], ...]
+    tool_responses: tuple[dict[str, Any], ...]
+    twilio_out: tuple[tuple[str, Any], ...]  # ("media", bytes) per run, ("mark", name), ("clear", None), ...
+
+
+@dataclass
+class ReplayResult:
+    """One cassette's replay: `ok` only when nothing diverged and the replay ran to the end."""
+
+    path: str
+    divergences: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what went wrong driving the replay (stalls, timeouts)
+    expected: Conduct | None = None
+    actual: Conduct | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.divergences
+
+    @property
+    def diff(self) -> str:
+        if self.ok:
+            return f"{self.path}: replay matches the recording"
+        lines = [f"{self.path}: the replay diverges from the recording"]
+        lines += [f"  {line}" for line in self.divergences]
+        lines += [f"  note: {line}" for line in self.notes]
+        return "\n".join(lines)
+
+
+def conduct_of(cassette: Cassette) -> Conduct:
+    tools = tuple(
+        {k: r.data.get(k) for k in ("id", "name", "args", "status", "response")} for r in cassette.of_kind("tool")
+    )
+    responses = tuple(
+        item
+        for r in cassette.of_kind("model_out") if isinstance(r.data, dict) and "tool_response" in r.data
+        for item in (r.data["tool_response"].get("function_responses") or [])
+    )
+    return Conduct(tools, responses, twilio_runs(r.data for r in cassette.of_kind("twilio_out")))
+
+
+def twilio_runs(frames: Any) -> tuple[tuple[str, Any], ...]:
+    """Outbound Twilio frames -> media merged into runs, then marks, clears and anything else, in order."""
+    out: list[tuple[str, Any]] = []
+    run = bytearray()
+    for frame in frames:
+        event = frame.get("event") if isinstance(frame, dict) else None
+        if event == "media":
+            run += decode_bytes(str(frame.get("media", {}).get("payload", "")))
+            continue
+        if run:
+            out.append(("media", bytes(run)))
+            run = bytearray()
+        if event == "mark":
+            out.append(("mark", frame.get("mark", {}).get("name")))
+        elif event == "clear":
+            out.append(("clear", None))
+        else:
+            out.append((str(event or "raw"), json.dumps(frame, sort_keys=True)))
+    if run:
+        out.append(("media", bytes(run)))
+    return tuple(out)
+
+
+def compare(expected: Conduct, actual: Conduct, limit: int = MAX_DIVERGENCES) -> list[str]:
+    """Readable lines for the first `limit` divergences of each part; empty when everything matches."""
+    found = _compare_list("tool call", expected.tools, actual.tools, _show_tool, limit)
+    found += _compare_list("tool response", expected.tool_responses, actual.tool_responses, _show_json, limit)
+    found += _compare_list("twilio out", expected.twilio_out, actual.twilio_out, _show_twilio, limit)
+    return found
+
+
+def _compare_list(what: str, expected: Any, actual: Any, show: Any, limit: int) -> list[str]:
+    found: list[str] = []
+    for index, (want, got) in enumerate(zip(expected, actual), start=1):
+        if want != got:
+            found.append(_explain(what, index, want, got, show))
+            if len(found) >= limit:
+                return found + [f"{what}s: more divergences not shown"]
+    if len(expected) != len(actual):
+        more, label = (expected, "missing") if len(expected) > len(actual) else (actual, "extra")
+        first = min(len(expected), len(actual))
+        shown = ", ".join(show(item) for item in more[first : first + 3])
+        found.append(
+            f"{what}s: recorded {len(expected)}, replayed {len(actual)}; {label} from #{first + 1}: {shown}"
+            + (" ..." if len(more) - first > 3 else "")
+        )
+    return found
+
+
+def _explain(what: str, index: int, want: Any, got: Any, show: Any) -> str:
+    if what == "twilio out" and want[0] == got[0] == "media":
+        return f"{what} #{index}: {_media_difference(want[1], got[1])}"
+    return f"{what} #{index}:\n      recorded: {show(want)}\n      replayed: {show(got)}"
+
+
+def _media_difference(want: bytes, got: bytes) -> str:
+    at = next((i for i, (a, b) in enumerate(zip(want, got)) if a != b), min(len(want), len(got)))
+    return (
+        f"media run differs: recorded {len(want)} bytes ({len(want) / 8000:.3f} s), replayed {len(got)} bytes "
+        f"({len(got) / 8000:.3f} s); first difference at byte {at} ({at / 8000:.3f} s into the run)"
+    )
+
+
+def _show_tool(tool: dict[str, Any]) -> str:
+    args = json.dumps(tool.get("args"), sort_keys=True)
+    return f"{tool.get('id')} {tool.get('name')}({args}) -> {tool.get('status')} {_show_json(tool.get('response'))}"
+
+
+def _show_json(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _show_twilio(item: tuple[str, Any]) -> str:
+    kind, value = item
+    if kind == "media":
+        return f"media {len(value)} bytes ({len(value) / 8000:.3f} s)"
+    if kind == "mark":
+        return f"mark {value!r}"
+    return kind if value is None else f"{kind} {value}"
+
+
+# -- the command line ---------------------------------------------------------------------------------------
+
+
+def add_parser(sub: Any) -> None:
+    replay = sub.add_parser("replay", help="replay recorded calls against the current code; non-zero exit on divergence")
+    replay.add_argument("cassettes", nargs="+", metavar="CASSETTE", help="cassette files (.jsonl) written by --record-dir")
+    replay.add_argument("--agent", default=None, help="agent file or module (default: the recorded tool results)")
+    replay.add_argument("--recorded-tools", action="store_true", help="answer tool calls with the recorded results")
+    replay.add_argument("--realtime", action="store_true", help="replay at the recorded pace instead of flat out")
+    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bridge at each step")
+    replay.set_defaults(run=run_replay)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from phonebridge.agent import load_agent
+    from phonebridge.testing.replay import replay_cassette
+
+    agent = load_agent(args.agent) if args.agent else None
+    failed = 0
+    for path in args.cassettes:
+        result = asyncio.run(replay_cassette(
+            path, agent, recorded_tools=args.recorded_tools, speed=1.0 if args.realtime else math.inf,
+            step_timeout_s=args.timeout,
+        ))
+        print(result.diff)
+        failed += not result.ok
+    if len(args.cassettes) > 1:
+        print(f"{len(args.cassettes) - failed} of {len(args.cassettes)} cassettes replay as recorded")
+    return 1 if failed else 0
