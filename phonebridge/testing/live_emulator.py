@@ -325,7 +325,10 @@ class LiveEmulator:
             conn.record_in("text", data)
         else:
             kind = {"activityStart": "activity_start", "activityEnd": "activity_end", "audioStreamEnd": "audio_stream_end"}
-            conn.record_in(kind.get(next(iter(body), ""), "realtime_input"), data)
+            field = next(iter(body), "")
+            if field in ("activityEnd", "audioStreamEnd") and conv.active is conn:
+                conv.hear_end_of_stream()  # the service ends the caller's turn on these, silence or not
+            conn.record_in(kind.get(field, "realtime_input"), data)
         return None
 
     def _tool_response(self, conn: Connection, conv: Conversation, data: dict[str, Any]) -> tuple[int, str] | None:

@@ -84,6 +84,10 @@ class Conversation:
         for detector in self.listeners:
             detector.feed(pcm16, rate)
 
+    def hear_end_of_stream(self) -> None:
+        for detector in self.listeners:
+            detector.end_of_stream()
+
 
 class Connection:
     """One client WebSocket. Fault injection (`go_away`, `drop`, `close`, `send_raw`) works from tests."""

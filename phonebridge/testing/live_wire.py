@@ -177,6 +177,7 @@ class EnergyDetector:
         self.silence_ms = 0.0
         self.loud_run_ms = 0.0
         self.longest_loud_run_ms = 0.0
+        self.stream_ended = False  # activityEnd / audioStreamEnd: the client says the caller stopped
         self._rate = 16000
         self._carry = b""
 
@@ -197,6 +198,7 @@ class EnergyDetector:
         if loud:
             self.speech_ms += 10.0
             self.silence_ms = 0.0
+            self.stream_ended = False
             self.loud_run_ms += 10.0
             self.longest_loud_run_ms = max(self.longest_loud_run_ms, self.loud_run_ms)
             return
@@ -205,11 +207,17 @@ class EnergyDetector:
         if self.silence_ms >= self.end_silence_ms and self.speech_ms < self.min_speech_ms:
             self.speech_ms = 0.0
 
+    def end_of_stream(self) -> None:
+        """The client sent activityEnd or audioStreamEnd: no trailing silence will come, speech is over."""
+        self.stream_ended = True
+
     @property
     def utterance_ended(self) -> bool:
-        return self.speech_ms >= self.min_speech_ms and self.silence_ms >= self.end_silence_ms
+        quiet = self.silence_ms >= self.end_silence_ms or self.stream_ended
+        return self.speech_ms >= self.min_speech_ms and quiet
 
     def forget_finished(self) -> None:
         """Drop an utterance that already ended; keep one in progress (the caller may be mid-sentence)."""
-        if self.silence_ms >= self.end_silence_ms:
+        if self.silence_ms >= self.end_silence_ms or self.stream_ended:
             self.speech_ms = 0.0
+            self.stream_ended = False

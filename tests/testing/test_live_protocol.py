@@ -155,3 +155,15 @@ async def test_a_callable_script_gets_the_setup_and_the_default_script_loops() -
 async def until_turn_complete(ws: ClientConnection) -> None:
     while not json.loads(await ws.recv()).get("serverContent", {}).get("turnComplete"):
         pass
+
+
+@pytest.mark.parametrize("marker", [{"audioStreamEnd": True}, {"activity_end": {}}])
+async def test_audio_stream_end_or_activity_end_ends_the_callers_turn(marker: dict[str, Any]) -> None:
+    speech = base64.urlsafe_b64encode(synth_speech("no trailing silence", 16000)).decode()
+    async with LiveEmulator(Script([WaitForCaller(timeout_s=2.0), Say("heard you", seconds=0.04)]), speed=math.inf) as emu:
+        ws = await started(emu)
+        await ws.send(json.dumps({"realtimeInput": {"audio": {"data": speech, "mimeType": "audio/pcm;rate=16000"}}}))
+        await ws.send(json.dumps({"realtimeInput": marker}))
+        await until_turn_complete(ws)
+        await ws.close()
+    assert emu.conversations[0].turns_spoken == 1 and emu.failures == []

@@ -154,3 +154,13 @@ def test_setup_checks_name_the_model_and_the_setting() -> None:
     )
     assert wire.setup_problem({}) == "Invalid argument: setup.model is required."
     assert wire.close_reason("x" * 200) == "x" * 123
+
+
+def test_end_of_stream_ends_an_utterance_without_trailing_silence() -> None:
+    detector = wire.EnergyDetector(-40.0, 200.0, 300.0)
+    detector.feed(synth_speech("no silence follows", 16000))
+    assert not detector.utterance_ended
+    detector.end_of_stream()
+    assert detector.utterance_ended
+    detector.forget_finished()
+    assert (detector.speech_ms, detector.stream_ended) == (0.0, False)
