@@ -1,0 +1,193 @@
+"""deploy/: Kubernetes manifests against the bundled Kubernetes schemas (offline), their cross-references,
+the Cloud Run service's settings, and a strict lint of the Dockerfile. No cluster, no Docker engine."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from dockerfile_parse import DockerfileParser
+
+from phonebridge.config import Settings
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+K8S_VERSION = "1.30.0"  # the oldest minor we support; newer schemas accept these too
+MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml")
+
+
+def load(path: Path) -> dict[str, Any]:
+    (doc,) = list(yaml.safe_load_all(path.read_text()))
+    assert isinstance(doc, dict)
+    return doc
+
+
+def k8s(name: str) -> dict[str, Any]:
+    return load(DEPLOY / "k8s" / name)
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert isinstance(c, dict)
+    return c
+
+
+def env(c: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c["env"] if "value" in e}
+
+
+# -- Kubernetes ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_manifest_is_valid_against_the_kubernetes_schema(name: str) -> None:
+    kubernetes_validate.validate(k8s(name), K8S_VERSION, strict=True)
+
+
+def test_the_schema_check_rejects_a_misspelt_field() -> None:
+    broken = copy.deepcopy(k8s("deployment.yaml"))
+    c = container(broken)
+    c["readinesProbe"] = c.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError, match="readinesProbe"):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    assert sorted(load(DEPLOY / "k8s" / "kustomization.yaml")["resources"]) == sorted(MANIFESTS)
+
+
+def test_grace_period_covers_prestop_plus_the_drain_timeout() -> None:
+    deployment = k8s("deployment.yaml")
+    c = container(deployment)
+    drain = Settings.from_env(env(c)).drain_timeout_s  # the value the server will actually read
+    prestop = c["lifecycle"]["preStop"]["exec"]["command"]
+    assert prestop[0] == "sleep"
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert drain == 3600.0
+    assert drain + int(prestop[1]) < grace <= drain + int(prestop[1]) + 60
+
+
+def test_probes_and_service_point_at_the_server() -> None:
+    deployment, service = k8s("deployment.yaml"), k8s("service.yaml")
+    c = container(deployment)
+    assert c["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert c["args"] == ["serve", "--agent", "/app/agent.py", "--workers", "1"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert k8s("pdb.yaml")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = k8s("hpa.yaml")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+
+def test_pod_runs_as_non_root_with_secrets_from_a_secret() -> None:
+    deployment = k8s("deployment.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    c = container(deployment)
+    secret_envs = {e["name"] for e in c["env"] if "valueFrom" in e}
+    assert secret_envs == {"TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "GEMINI_API_KEY"}
+    Settings.from_env({**env(c), "TWILIO_AUTH_TOKEN": "t"}).check()  # the plain values are a valid config
+
+
+# -- Cloud Run ----------------------------------------------------------------------------------------------
+
+def test_cloud_run_service_has_what_phone_calls_need() -> None:
+    service = load(DEPLOY / "cloudrun" / "service.yaml")
+    assert (service["apiVersion"], service["kind"]) == ("serving.knative.dev/v1", "Service")
+    template = service["spec"]["template"]
+    annotations = template["metadata"]["annotations"]
+    assert int(annotations["autoscaling.knative.dev/minScale"]) >= 1
+    assert annotations["run.googleapis.com/cpu-throttling"] == "false"
+    assert annotations["run.googleapis.com/sessionAffinity"] == "true"
+    assert template["spec"]["timeoutSeconds"] == 3600
+    (c,) = template["spec"]["containers"]
+    assert c["ports"] == [{"name": "http1", "containerPort": 8080}]
+    # Cloud Run kills an instance 10 s after SIGTERM: the drain must fit.
+    assert Settings.from_env(env(c)).drain_timeout_s < 10
+    assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
+    assert template["spec"]["containerConcurrency"] == int(
+        env(container(k8s("deployment.yaml")))["PHONEBRIDGE_MAX_CALLS"]
+    )
+
+
+# -- Dockerfile ---------------------------------------------------------------------------------------------
+
+INSTRUCTIONS = {
+    "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER", "WORKDIR",
+    "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL",
+}
+
+
+def dockerfile() -> DockerfileParser:
+    parser = DockerfileParser(fileobj=(DEPLOY / "Dockerfile").open("rb"))
+    return parser
+
+
+def lint(text: str) -> list[str]:
+    """Strict syntax: known instructions only, exec forms valid JSON string arrays, a FROM first."""
+    parser = DockerfileParser(fileobj=None)
+    parser.content = text
+    problems: list[str] = []
+    seen_from = False
+    for item in parser.structure:
+        instruction, value = item["instruction"], item["value"]
+        if instruction == "COMMENT":
+            continue
+        if instruction not in INSTRUCTIONS:
+            problems.append(f"line {item['startline'] + 1}: unknown instruction {instruction}")
+        if instruction not in ("ARG", "FROM") and not seen_from:
+            problems.append(f"line {item['startline'] + 1}: {instruction} before FROM")
+        seen_from = seen_from or instruction == "FROM"
+        exec_form = value.split("CMD", 1)[1].strip() if instruction == "HEALTHCHECK" and "CMD" in value else value
+        if instruction in ("CMD", "ENTRYPOINT", "HEALTHCHECK") and exec_form.lstrip().startswith("["):
+            try:
+                parsed = json.loads(exec_form)
+                assert isinstance(parsed, list) and all(isinstance(x, str) for x in parsed)
+            except (ValueError, AssertionError):
+                problems.append(f"line {item['startline'] + 1}: {instruction} exec form is not a JSON string array")
+    return problems
+
+
+def test_dockerfile_lints_clean() -> None:
+    assert lint((DEPLOY / "Dockerfile").read_text()) == []
+
+
+def test_the_lint_catches_broken_lines() -> None:
+    assert lint('RUN echo hi\nFROM python:3.11-slim\nCMD ["a", b]\nCOPPY x y\n') == [
+        "line 1: RUN before FROM", "line 3: CMD exec form is not a JSON string array", "line 4: unknown instruction COPPY",
+    ]
+
+
+def test_image_is_slim_non_root_healthchecked_and_signal_ready() -> None:
+    parser = dockerfile()
+    structure = [i for i in parser.structure if i["instruction"] != "COMMENT"]
+    by = {i["instruction"]: i["value"] for i in structure}  # the last of each: the final stage's
+    assert parser.baseimage.startswith("python:") and parser.baseimage.endswith("-slim")
+    user = by["USER"].split(":")[0]
+    assert user not in ("root", "0") and user.isdigit()
+    assert by["STOPSIGNAL"] == "SIGTERM"
+    assert by["EXPOSE"] == "8080"
+    # Exec form so phonebridge is PID 1 and receives SIGTERM itself (a shell would swallow it).
+    assert json.loads(by["ENTRYPOINT"]) == ["phonebridge"]
+    assert json.loads(by["CMD"]) == ["serve", "--agent", "/app/agent.py"]
+    healthcheck = by["HEALTHCHECK"]
+    assert re.search(r"--interval=\d+s", healthcheck) and "/healthz" in healthcheck
+    # USER comes after every RUN of the final stage: nothing runs as root at run time.
+    final = structure[max(i for i, item in enumerate(structure) if item["instruction"] == "FROM"):]
+    order = [item["instruction"] for item in final]
+    assert order.index("USER") > max(i for i, name in enumerate(order) if name == "RUN")
+
+
+def test_healthcheck_command_is_python_that_compiles() -> None:
+    healthcheck = next(i["value"] for i in dockerfile().structure if i["instruction"] == "HEALTHCHECK")
+    command = json.loads(healthcheck.split("CMD", 1)[1])
+    assert command[:2] == ["python", "-c"]
+    compile(command[2], "<healthcheck>", "exec")
