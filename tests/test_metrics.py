@@ -144,3 +144,36 @@ async def test_handle_serves_prometheus_text() -> None:
         text = await response.text()
     assert "# TYPE phonebridge_active_calls gauge\n" in text
     assert "\nphonebridge_active_calls 1.0\n" in text
+
+
+async def test_metrics_after_an_emulated_call() -> None:
+    """The whole bridge (aiohttp app, real genai client, LiveEmulator, TwilioCaller) feeding one Metrics."""
+    import aiohttp
+
+    from phonebridge.agent import Agent
+    from phonebridge.testing.harness import BridgeHarness
+    from phonebridge.testing.live_script import Say, Script, WaitForText
+
+    m = Metrics()
+    agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
+    script = Script([WaitForText(), Say("Hello, how can I help?")])
+    setup = lambda app: app.router.add_get("/metrics", m.handle)  # noqa: E731
+    async with BridgeHarness(agent, script, observers=[m.observer], app_setup=setup) as h:
+        async with h.caller() as caller:
+            await caller.wait_heard(0.5)
+            assert value(m, "phonebridge_active_calls") == 1.0
+        await h.wait_idle()
+        async with aiohttp.ClientSession() as http, http.get(h.server_url + "/metrics") as response:
+            text = await response.text()
+    served = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text) for s in family.samples
+    }
+    assert served == samples(m)
+    assert served[("phonebridge_active_calls", ())] == 0.0
+    assert served[("phonebridge_calls_total", (("outcome", "caller_hung_up"),))] == 1.0
+    assert served[("phonebridge_call_duration_seconds_count", ())] == 1.0
+    assert served[("phonebridge_first_audio_seconds_count", ())] == 1.0
+    assert 0.0 < served[("phonebridge_first_audio_seconds_sum", ())] < 5.0
+    assert served[("phonebridge_barge_ins_total", ())] == 0.0
+    assert served[("phonebridge_malformed_frames_total", ())] == 0.0
