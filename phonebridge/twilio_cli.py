@@ -20,7 +20,7 @@ import re
 import sys
 from typing import Any, TextIO
 
-from twilio.base.exceptions import TwilioException
+from twilio.base.exceptions import TwilioException  # type: ignore[import-untyped]  # twilio ships no type hints
 
 from phonebridge import twiml
 from phonebridge.config import Settings

@@ -157,7 +157,7 @@ async def test_metrics_after_an_emulated_call() -> None:
     m = Metrics()
     agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
     script = Script([WaitForText(), Say("Hello, how can I help?")])
-    setup = lambda app: app.router.add_get("/metrics", m.handle)  # noqa: E731
+    setup = lambda app: app.router.add_get("/metrics", m.handle)
     async with BridgeHarness(agent, script, observers=[m.observer], app_setup=setup) as h:
         async with h.caller() as caller:
             await caller.wait_heard(0.5)

@@ -180,6 +180,7 @@ def test_two_workers_share_the_port_and_stop_cleanly_on_sigterm(server: tuple[su
         if serving == 2:
             break
     assert serving == 2, "the workers never both started"
+    assert "pid" in _healthz(port), "/healthz must report the answering worker's pid (app.py healthz)"
     pids = {_healthz(port)["pid"] for _ in range(200)}
     assert len(pids) == 2 and process.pid not in pids
     process.send_signal(signal.SIGTERM)
