@@ -175,6 +175,10 @@ class LiveEmulator:
                 return predicate()
         return True
 
+    def notify(self) -> None:
+        """Wake every waiter (wait_for, next_connection, scripts): something recorded has changed."""
+        self._notify()
+
     def _notify(self) -> None:
         # Wake every waiter and start a fresh event; safe to call from sync code.
         self._changed.set()

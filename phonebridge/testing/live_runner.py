@@ -48,6 +48,8 @@ class Runtime(Protocol):
 
     def now(self) -> float: ...
 
+    def notify(self) -> None: ...
+
 
 class _Stop(Exception):
     """The script ends on this connection (Drop, Close)."""
@@ -152,7 +154,17 @@ async def _say(rt: Runtime, conv: Conversation, conn: Connection, index: int, st
     chunks = [pcm[i : i + size] for i in range(0, len(pcm), size)]
     words = split_words(step.text, len(chunks))
     conv.next_step = index + 1  # from here on, a resumed connection does not say it again
-    conv.turns_spoken += 1
+    try:
+        await _speak_turn(rt, conv, conn, step, pcm, chunks, words)
+    finally:
+        conv.turns_spoken += 1  # counted when the turn is over: complete, cut by the caller or by the line
+        rt.notify()
+    await send_resumable(rt, conv, conn)
+
+
+async def _speak_turn(
+    rt: Runtime, conv: Conversation, conn: Connection, step: Say, pcm: bytes, chunks: list[bytes], words: list[str]
+) -> None:
     await _send_not_resumable(conv, conn)
     barge = EnergyDetector(rt.barge_in_threshold_dbfs)
     if step.interruptible:
@@ -166,14 +178,13 @@ async def _say(rt: Runtime, conv: Conversation, conn: Connection, index: int, st
         conv.barge_ins += 1
         await conn.send({"serverContent": {"interrupted": True}}, "interrupted")
         await conn.send({"serverContent": {"turnComplete": True}}, "turn_complete")
-    else:
-        await conn.send({"serverContent": {"generationComplete": True}}, "generation_complete")
-        end: dict[str, Any] = {"serverContent": {"turnComplete": True}}
-        if step.usage:
-            prompt = conv.audio_bytes_in * _TOKENS_PER_AUDIO_S // (2 * conv.audio_rate)
-            end["usageMetadata"] = usage_metadata(prompt, len(pcm) * _TOKENS_PER_AUDIO_S // (2 * _OUT_RATE))
-        await conn.send(end, "turn_complete")
-    await send_resumable(rt, conv, conn)
+        return
+    await conn.send({"serverContent": {"generationComplete": True}}, "generation_complete")
+    end: dict[str, Any] = {"serverContent": {"turnComplete": True}}
+    if step.usage:
+        prompt = conv.audio_bytes_in * _TOKENS_PER_AUDIO_S // (2 * conv.audio_rate)
+        end["usageMetadata"] = usage_metadata(prompt, len(pcm) * _TOKENS_PER_AUDIO_S // (2 * _OUT_RATE))
+    await conn.send(end, "turn_complete")
 
 
 async def _stream(
