@@ -7,6 +7,7 @@ Twilio REST) are made and closed in cleanup contexts.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from phonebridge import twiml
 from phonebridge.agent import Agent
 from phonebridge.bridge import CallServices, CallSession, CallStats
 from phonebridge.config import Settings
+from phonebridge.metrics import Metrics
 from phonebridge.signatures import SignatureChecker
 from phonebridge.tools import all_tools
 
@@ -73,6 +75,7 @@ class Runtime:
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+METRICS = web.AppKey("metrics", Metrics)
 FINISHED_KEEP = 1000
 
 
@@ -89,6 +92,7 @@ def make_app(
     settings.check()
     registry = all_tools(agent)
     runtime = Runtime(settings, agent)
+    metrics = Metrics()
     client_factory = _client_factory(genai_client)
     rest = rest if rest is not None else _default_rest(settings)
     runtime.services = CallServices(
@@ -97,12 +101,14 @@ def make_app(
         transfer=rest.transfer if rest is not None else None,
         connect_timeout_s=settings.model_connect_timeout_s,
         reconnect_attempts=settings.reconnect_attempts,
-        observers=observers,
+        observers=[metrics.observer, *observers],
+        metrics=metrics,
         recorder_factory=_recorder_factory(settings),
         executor=ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="phonebridge-tool"),
     )
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
+    app[METRICS] = metrics
     checker = (
         SignatureChecker(settings.twilio_auth_token or "", settings.public_url)
         if settings.validate_signatures and settings.public_url and settings.twilio_auth_token
@@ -114,6 +120,7 @@ def make_app(
     app.router.add_post(STATUS_PATH, handlers.status)
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
+    app.router.add_get("/metrics", metrics.handle)
     app.on_shutdown.append(_close_calls)
     app.on_cleanup.append(_stop_executor)
     return app
@@ -211,7 +218,7 @@ class _Handlers:
         return web.Response(status=204)
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "active_calls": len(self._rt.active)})
+        return web.json_response({"ok": True, "active_calls": len(self._rt.active), "pid": os.getpid()})
 
     async def readyz(self, request: web.Request) -> web.Response:
         ready = not self._rt.draining and not self._rt.at_capacity()

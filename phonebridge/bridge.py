@@ -27,6 +27,7 @@ from phonebridge.call import Action, CallState, HangUp, SendClear, SendMark, Sen
 from phonebridge.context import CallContext
 from phonebridge.errors import ModelUnavailable, TwilioProtocolError
 from phonebridge.hold import HoldSound
+from phonebridge.metrics import Metrics
 from phonebridge.model import LiveLink
 from phonebridge.model_events import (
     AudioOut, GenerationComplete, GoAway, InputText, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls,
@@ -78,7 +79,9 @@ class CallServices:
         observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
         executor: Executor | None = None,
         recorder_factory: Callable[[twilio.Start], Recorder] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.recorder_factory = recorder_factory
         self.agent, self.registry, self.genai_client = agent, registry, genai_client
         # Sync handlers run here, not in the loop's default executor: a stuck handler can't starve others.
@@ -170,10 +173,17 @@ class CallSession:
     async def _on_media(self, event: twilio.Media) -> None:
         if not self._ours(event):
             return
+        started = time.perf_counter()
         self.stats.lost_frames += self._seq.observe(event.sequence_number)
         self.stats.frames_in += 1
         if self._link is not None:
-            await self._link.send_audio(self._inbound.process(event.payload))
+            pcm = self._inbound.process(event.payload)
+            transcoded = time.perf_counter()
+            await self._link.send_audio(pcm)
+            metrics = self._svc.metrics
+            if metrics is not None:
+                metrics.observe_transcode("inbound", transcoded - started)
+                metrics.observe_inbound(time.perf_counter() - started)
 
     async def _on_dtmf(self, event: twilio.Dtmf) -> None:
         if not self._ours(event):
@@ -209,6 +219,7 @@ class CallSession:
             logger=self._log, connect_timeout_s=self._svc.connect_timeout_s,
             reconnect_attempts=self._svc.reconnect_attempts,
             tap=self._recorder.record if self._recorder is not None else None,
+            on_reconnect=lambda cause: self._emit("reconnect", cause=cause),
         )
         self._log.info("call started (stream %s, %s)", event.stream_sid, params.get("Direction", "inbound"))
         self._emit("call_start", call_sid=event.call_sid, stream_sid=event.stream_sid, parameters=params)
@@ -306,8 +317,14 @@ class CallSession:
         if not self._sent_first_audio:
             self._sent_first_audio = True
             self.stats.first_audio_s = now - self.stats.started
+        started = time.perf_counter()
         frames = self._framer.push(self._outbound.process(pcm24k))
+        transcoded = time.perf_counter()
         await self._execute(self.state.agent_audio(frames, now))
+        metrics = self._svc.metrics
+        if metrics is not None:
+            metrics.observe_transcode("outbound", transcoded - started)
+            metrics.observe_outbound(time.perf_counter() - started)
 
     async def _on_turn_complete(self, now: float) -> None:
         if self.state.cut:

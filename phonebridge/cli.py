@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--agent", required=True, help="agent file (agent.py) or module (pkg.mod[:name])")
     serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
     serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    serve.add_argument("--workers", type=int, default=int(os.environ.get("PHONEBRIDGE_WORKERS", "0")),
+                       help="processes sharing the port (SO_REUSEPORT); 0 = one per core")
     serve.add_argument("--record-dir", default=None, help="write one cassette per call here")
     serve.set_defaults(run=_serve)
 
@@ -59,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
     agent = load_agent(args.agent)
     settings = Settings.from_env(record_dir=args.record_dir)
     settings.check()
-    if args.workers > 1:
+    if args.workers != 1:
         from phonebridge.workers import serve_workers
 
         return serve_workers(args, settings)

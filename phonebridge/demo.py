@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import math
 import os
 import sys
@@ -36,11 +37,15 @@ def add_parser(sub: Any) -> None:
     demo.add_argument("--out", default="phonebridge-demo", help="where call.wav, the cassette and summary go")
     demo.add_argument("--speed", type=float, default=3.0, help="how much faster than real time (1 = real time)")
     demo.add_argument("--live", action="store_true", help="talk to the real Gemini (needs GEMINI_API_KEY)")
+    demo.add_argument("--verbose", action="store_true", help="also show the bridge's own log lines")
     demo.set_defaults(run=run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     agent = load_agent(args.agent)
+    if not args.verbose:
+        # The demo prints the conversation itself; the bridge's log lines would bury it.
+        logging.getLogger("phonebridge").setLevel(logging.WARNING)
     if args.live and not (os.environ.get("GEMINI_API_KEY") or os.environ.get("GOOGLE_API_KEY")):
         raise ConfigError("--live needs GEMINI_API_KEY (or GOOGLE_API_KEY) in the environment")
     speed = 1.0 if args.live else args.speed
@@ -56,7 +61,7 @@ async def demo_call(
     """Run the demo call; returns the summary it also writes to `out_dir/summary.json`."""
     from phonebridge.testing.demo_script import demo_script
     from phonebridge.testing.harness import BridgeHarness
-    from phonebridge.testing.wav import read_wav_mono
+    from phonebridge.testing.wav import read_wav
 
     out_dir.mkdir(parents=True, exist_ok=True)
     printer = _Printer(out)
@@ -67,7 +72,7 @@ async def demo_call(
         caller = harness.caller()
         first: bytes | str = CALLER_LINES[0]
         if caller_audio:
-            first = read_wav_mono(caller_audio, 8000)
+            first = read_wav(caller_audio, 8000)
         async with caller:
             printer.line(f"call {caller.call_sid} from {caller.from_number} to {caller.to_number}")
             await _caller_side(caller, first, speed)
@@ -82,19 +87,30 @@ async def demo_call(
 
 async def _caller_side(caller: Any, first: bytes | str, speed: float) -> None:
     timeout = 60.0 if math.isinf(speed) else 120.0 / speed + 30
-    await _agent_turn(caller, timeout)  # the greeting
+    quiet_s = 0.0 if math.isinf(speed) else 0.8 / speed
+    await _agent_turn(caller, quiet_s, timeout)  # the greeting
     await caller.say(first)
-    await _agent_turn(caller, timeout)  # the answer, after a tool call
+    await _agent_turn(caller, quiet_s, timeout)  # the answer, after a tool call
     await caller.say(CALLER_LINES[1])
     heard = caller.heard_seconds
     await caller.wait_heard(heard + 2.5, timeout)  # into the long answer ...
     await caller.say(CALLER_LINES[2])  # ... and the caller cuts in
 
 
-async def _agent_turn(caller: Any, timeout: float) -> None:
-    """Wait until the agent has said something and all of it has played."""
+async def _agent_turn(caller: Any, quiet_s: float, timeout: float) -> None:
+    """Wait until the agent has spoken, stopped sending for `quiet_s` and all of it has played.
+
+    Only what a caller can observe is used, so the same wait works against the real Gemini (--live).
+    """
     heard = caller.heard_seconds
-    await caller.wait_for(lambda c: c.heard_seconds > heard + 0.2 and c.playback_idle, timeout)
+    await caller.wait_for(lambda c: c.heard_seconds > heard + 0.2, timeout)
+    while True:
+        seen = len(caller.events)
+        try:
+            await caller.wait_for(lambda c: len(c.events) > seen, max(quiet_s, 0.05))
+        except TimeoutError:
+            await caller.wait_for(lambda c: c.playback_idle, timeout)
+            return
 
 
 class _Printer:

@@ -50,5 +50,5 @@ def setup_logging(level: str = "INFO", *, json_lines: bool | None = None) -> Non
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # The SDK and websockets log every frame at DEBUG; keep them quiet unless asked.
-    for noisy in ("websockets", "google_genai", "httpx", "aiohttp.access"):
+    for noisy in ("websockets", "google_genai", "httpx", "aiohttp.access", "twilio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

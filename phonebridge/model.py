@@ -28,6 +28,8 @@ from phonebridge.model_events import GoAway, ModelEvent, ResumptionUpdate, TurnC
 AUDIO_MIME = "audio/pcm;rate=16000"
 # Caller audio held while the model connection switches: 2 s of 16 kHz PCM in 20 ms frames.
 HELD_FRAMES = 100
+# A connection that lived this long had recovered; its loss starts a fresh count of attempts.
+STABLE_CONNECTION_S = 5.0
 # Close codes after which resuming with the same handle is pointless.
 _REFUSED = (1007, 1008)
 
@@ -91,7 +93,9 @@ class LiveLink:
         reconnect_attempts: int = 5,
         backoff_s: float = 0.25,
         tap: Callable[[str, Any], None] | None = None,
+        on_reconnect: Callable[[str], None] | None = None,
     ) -> None:
+        self._on_reconnect = on_reconnect
         self._tap = tap  # sees every message both ways (the call's recorder)
         self._client, self._agent, self._declarations = client, agent, list(declarations)
         self._sink, self._log = sink, logger
@@ -175,16 +179,21 @@ class LiveLink:
         failures = 0
         cause = "start"
         while not self._closing:
+            connected_at: float | None = None
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     session = await self._connect(stack, cause)
-                    failures = 0
+                    connected_at = time.monotonic()
                     cause = await self._receive(session)
+                    failures = 0
             except ModelUnavailable:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the connection is decided below
                 if self._closing:
                     return
+                # A connection that dies at once does not count as recovered: the attempts stay bounded.
+                if connected_at is not None and time.monotonic() - connected_at > STABLE_CONNECTION_S:
+                    failures = 0
                 failures += 1
                 cause = _cause(exc)
                 self._log.warning("model connection lost (%s, attempt %d): %r", cause, failures, exc)
@@ -199,6 +208,8 @@ class LiveLink:
                 self.ready.clear()
             if not self._closing and cause != "start":
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
+                if self._on_reconnect is not None:
+                    self._on_reconnect(cause)
 
     async def _connect(self, stack: contextlib.AsyncExitStack, cause: str) -> Any:
         seed = self._handle is None and bool(self._history)
@@ -226,7 +237,10 @@ class LiveLink:
             ", resumed" if self._handle else "",
         )
         while self._held:
-            await session.send_realtime_input(audio=types.Blob(data=self._held.popleft(), mime_type=AUDIO_MIME))
+            held = self._held.popleft()
+            if self._tap is not None:
+                self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": held}}})
+            await session.send_realtime_input(audio=types.Blob(data=held, mime_type=AUDIO_MIME))
         self.ready.set()
         return session
 

@@ -3,6 +3,8 @@ the Cloud Run service's settings, and a strict lint of the Dockerfile. No cluste
 
 from __future__ import annotations
 
+import io
+
 import copy
 import json
 import re
@@ -133,7 +135,8 @@ def dockerfile() -> DockerfileParser:
 
 def lint(text: str) -> list[str]:
     """Strict syntax: known instructions only, exec forms valid JSON string arrays, a FROM first."""
-    parser = DockerfileParser(fileobj=None)
+    # A file object, not a path: DockerfileParser otherwise writes ./Dockerfile into the working directory.
+    parser = DockerfileParser(fileobj=io.BytesIO())
     parser.content = text
     problems: list[str] = []
     seen_from = False

@@ -154,11 +154,12 @@ async def test_metrics_after_an_emulated_call() -> None:
     from phonebridge.testing.harness import BridgeHarness
     from phonebridge.testing.live_script import Say, Script, WaitForText
 
-    m = Metrics()
+    from phonebridge.app import METRICS
+
     agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
     script = Script([WaitForText(), Say("Hello, how can I help?")])
-    setup = lambda app: app.router.add_get("/metrics", m.handle)
-    async with BridgeHarness(agent, script, observers=[m.observer], app_setup=setup) as h:
+    async with BridgeHarness(agent, script) as h:
+        m = h.app[METRICS]  # make_app serves /metrics from its own per-app registry
         async with h.caller() as caller:
             await caller.wait_heard(0.5)
             assert value(m, "phonebridge_active_calls") == 1.0

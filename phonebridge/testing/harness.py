@@ -113,6 +113,8 @@ class BridgeHarness:
         kwargs.setdefault("speed", self.speed)
         caller = TwilioCaller(self.server_url, **kwargs)
         self._callers.append(caller)
+        # Twilio knows the call before the webhook: hang-up and transfer through REST find it.
+        self.rest.add_inbound_call(caller.call_sid, to=caller.to_number, from_=caller.from_number)
         return caller
 
     async def _close_callers(self) -> None:

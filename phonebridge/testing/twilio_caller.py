@@ -363,6 +363,11 @@ class TwilioCaller:
     def heard_seconds(self) -> float:
         return self._core.heard_bytes / RATE
 
+    @property
+    def playback_idle(self) -> bool:
+        """Nothing queued in the caller's playback buffer: all the agent audio received so far has played."""
+        return self._core.buffer.buffered_bytes == 0
+
     def heard_timeline(self) -> bytes:
         """What the caller heard as 8 kHz PCM16 on the call's timeline (silence where nothing played)."""
         return render_timeline(self._core.heard, RATE)

@@ -160,6 +160,12 @@ class TwilioRestEmulator:
         """Answer the next ``count`` requests with ``status`` and Twilio's error body (for retry tests)."""
         self._failures.extend([status] * count)
 
+    def add_inbound_call(self, sid: str, *, to: str, from_: str) -> None:
+        """An incoming call already in progress (the caller dialled in), so REST updates of it work."""
+        self.calls[sid] = {"status": "in-progress", "to": to, "from": from_, "twiml": None, "url": None,
+                           "status_callback": None, "date_created": _now()}
+        self._notify()
+
     async def set_call_status(self, sid: str, status: str) -> None:
         """Move a call to ``status`` (as the carrier would) and send the status callback if asked for."""
         call = self.calls[sid]
