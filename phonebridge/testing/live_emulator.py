@@ -39,7 +39,16 @@ ScriptSource = Script | Callable[[dict[str, Any]], Script] | None
 
 
 class LiveEmulator:
-    """See the module docstring. `speed` scales all pacing (math.inf: none); timeouts stay wall time."""
+    """A Gemini Live server on loopback TLS. See the module docstring.
+
+    `speed` scales all pacing (1.0 real time, math.inf none); step timeouts stay wall time. `script` is one
+    Script for every call, a callable given each call's normalised setup, or None for `default_script`.
+    `strict` refuses (1007) what gemini-3.1-flash-live-preview refuses. `unknown_handle_close` answers a
+    resumption handle that is unknown or older than `resumption_handle_ttl_s`. `unknown_tool_response_close`
+    answers a tool_response for a call that is not open (None: only record a failure; an empty reason means
+    "name the ids"): what the real service does there is unconfirmed. Barge-in: caller input louder than
+    `barge_in_threshold_dbfs` for `barge_in_ms` of audio while an interruptible Say is speaking.
+    """
 
     def __init__(
         self,
