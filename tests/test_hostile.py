@@ -1,0 +1,311 @@
+"""Hostile and broken input, on both sides of the bridge (docs/robustness.md lists each outcome).
+
+Twilio side: hypothesis over the pure parser (any text, any JSON, mutated real frames: an event or a
+TwilioProtocolError, nothing else), then over the live WebSocket, where every frame's outcome (counted as
+malformed, counted as ignored, processed, or the end of the call) is predicted by a small reference model
+of the documented rules and compared with the bridge's own counts. Model side: odd-but-parsable Live
+messages from the LiveEmulator end in a reconnection or a clean end, never a stuck call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twilio.request_validator import RequestValidator
+
+from phonebridge import twilio
+from phonebridge.agent import Agent
+from phonebridge.app import MAX_FRAME_BYTES
+from phonebridge.errors import TwilioProtocolError
+from phonebridge.testing.harness import AUTH_TOKEN, PUBLIC_URL, BridgeHarness
+from phonebridge.testing.live_script import Hear, Say, Script, WaitForCaller, WaitForText
+
+OWN_SID = "MZ" + "a" * 32
+OTHER_SID = "MZ" + "b" * 32
+ACCOUNT = "AC" + "0" * 32
+CALL_SID = "CA" + "c" * 32
+
+
+def make_agent() -> Agent:
+    return Agent(instructions="You are a test agent.", greeting="Greet the caller.")
+
+
+# -- literal Twilio frames ------------------------------------------------------------------------------
+
+
+def start_frame(sid: str = OWN_SID, seq: int = 1) -> dict[str, Any]:
+    return {"event": "start", "sequenceNumber": str(seq), "streamSid": sid,
+            "start": {"streamSid": sid, "accountSid": ACCOUNT, "callSid": CALL_SID, "tracks": ["inbound"],
+                      "customParameters": {"CallSid": CALL_SID},
+                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
+
+
+def media_frame(sid: str = OWN_SID, seq: int = 2, payload: bytes = b"\xff" * 160) -> dict[str, Any]:
+    return {"event": "media", "sequenceNumber": str(seq), "streamSid": sid,
+            "media": {"track": "inbound", "chunk": str(seq), "timestamp": str(20 * seq),
+                      "payload": base64.b64encode(payload).decode()}}
+
+
+def dtmf_frame(sid: str = OWN_SID, seq: int = 3) -> dict[str, Any]:
+    return {"event": "dtmf", "sequenceNumber": str(seq), "streamSid": sid,
+            "dtmf": {"track": "inbound_track", "digit": "5"}}
+
+
+def mark_frame(sid: str = OWN_SID, seq: int = 4) -> dict[str, Any]:
+    return {"event": "mark", "sequenceNumber": str(seq), "streamSid": sid, "mark": {"name": "not-ours"}}
+
+
+def stop_frame(sid: str = OWN_SID, seq: int = 5) -> dict[str, Any]:
+    return {"event": "stop", "sequenceNumber": str(seq), "streamSid": sid,
+            "stop": {"accountSid": ACCOUNT, "callSid": CALL_SID}}
+
+
+CONNECTED = {"event": "connected", "protocol": "Call", "version": "1.0.0"}
+FRAME_MAKERS = {"start": start_frame, "media": media_frame, "dtmf": dtmf_frame, "mark": mark_frame, "stop": stop_frame}
+
+# -- strategies -----------------------------------------------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+def _paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = []
+    for key, value in obj.items():
+        out.append((*prefix, key))
+        if isinstance(value, dict):
+            out.extend(_paths(value, (*prefix, key)))
+    return out
+
+
+@st.composite
+def mutated_frames(draw: st.DrawFn) -> dict[str, Any]:
+    """A real frame (own or another stream) with up to two fields deleted or replaced by any JSON value."""
+    kind = draw(st.sampled_from(sorted(FRAME_MAKERS)))
+    frame = FRAME_MAKERS[kind](draw(st.sampled_from([OWN_SID, OTHER_SID])))
+    for _ in range(draw(st.integers(0, 2))):
+        path = draw(st.sampled_from(_paths(frame)))
+        parent = frame
+        for key in path[:-1]:
+            parent = parent[key]
+        if not isinstance(parent, dict) or path[-1] not in parent:
+            continue
+        if draw(st.booleans()):
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = draw(json_values)
+    return frame
+
+
+texts = st.text(max_size=200) | st.binary(max_size=100).map(lambda b: b.decode("latin-1"))
+any_json_text = json_values.map(json.dumps)
+frame_texts = st.one_of(texts, any_json_text, mutated_frames().map(json.dumps), st.sampled_from(
+    [json.dumps(CONNECTED), json.dumps(start_frame()), json.dumps(media_frame()), json.dumps(stop_frame()),
+     json.dumps({"event": "future-event", "streamSid": OWN_SID})]
+))
+
+# -- the pure parser ------------------------------------------------------------------------------------
+
+REASONS = {"too_large", "not_json", "not_object", "missing_field", "bad_type", "bad_value", "bad_base64",
+           "unsupported_format"}
+
+
+@given(st.one_of(texts, any_json_text, mutated_frames().map(json.dumps)))
+@settings(max_examples=400, deadline=None)
+def test_parser_returns_an_event_or_a_tagged_protocol_error_for_any_input(text: str) -> None:
+    try:
+        event = twilio.parse_event(text)
+    except TwilioProtocolError as exc:
+        assert exc.reason in REASONS
+        return
+    assert isinstance(event, (twilio.Connected, twilio.Start, twilio.Media, twilio.Dtmf, twilio.Mark,
+                              twilio.Stop, twilio.Unknown))
+
+
+@given(st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_parser_takes_raw_bytes_without_crashing(data: bytes) -> None:
+    try:
+        twilio.parse_event(data)
+    except TwilioProtocolError as exc:
+        assert exc.reason in REASONS
+
+
+@given(mutated_frames())
+@settings(max_examples=300, deadline=None)
+def test_a_mutated_frame_that_parses_keeps_its_declared_kind(frame: dict[str, Any]) -> None:
+    try:
+        event = twilio.parse_event(json.dumps(frame))
+    except TwilioProtocolError:
+        return
+    kinds = {"start": twilio.Start, "media": twilio.Media, "dtmf": twilio.Dtmf, "mark": twilio.Mark,
+             "stop": twilio.Stop, "connected": twilio.Connected}
+    assert isinstance(event, kinds.get(frame["event"], twilio.Unknown))
+
+
+def test_parser_size_limit_is_exact() -> None:
+    body = json.dumps(media_frame())
+    padded = body[:-1] + "," + '"pad":"' + "x" * (twilio.DEFAULT_MAX_MESSAGE_BYTES - len(body) - 9) + '"}'
+    assert len(padded) == twilio.DEFAULT_MAX_MESSAGE_BYTES
+    assert isinstance(twilio.parse_event(padded), twilio.Media)
+    with pytest.raises(TwilioProtocolError) as too_large:
+        twilio.parse_event(padded + " ")
+    assert too_large.value.reason == "too_large"
+
+
+# -- the reference model of the bridge's documented rules -----------------------------------------------
+
+
+@dataclass
+class Expected:
+    malformed: int = 0
+    ignored: int = 0
+    frames_in: int = 0
+    started_sid: str | None = None
+    stopped: bool = False
+    read: int = 0  # frames the bridge reads: none after our stop
+
+    def feed(self, frame: str | bytes) -> None:
+        if self.stopped:
+            return
+        self.read += 1
+        if isinstance(frame, bytes):
+            self.malformed += 1
+            return
+        try:
+            event = twilio.parse_event(frame)
+        except TwilioProtocolError:
+            self.malformed += 1
+            return
+        if isinstance(event, twilio.Start):
+            if self.started_sid is None:
+                self.started_sid = event.stream_sid
+            else:
+                self.ignored += 1
+        elif isinstance(event, twilio.Unknown):
+            self.ignored += 1
+        elif isinstance(event, (twilio.Media, twilio.Dtmf, twilio.Mark, twilio.Stop)):
+            if self.started_sid is None or event.stream_sid != self.started_sid:
+                self.ignored += 1
+            elif isinstance(event, twilio.Stop):
+                self.stopped = True
+            elif isinstance(event, twilio.Media):
+                self.frames_in += 1
+
+
+def media_socket_headers() -> dict[str, str]:
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(PUBLIC_URL.replace("https", "wss") + "/twilio/media", {})
+    return {"X-Twilio-Signature": signature}
+
+
+@dataclass
+class RawLeg:
+    """A signed media WebSocket we write anything to; everything the bridge sends is kept."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    received: list[aiohttp.WSMessage] = field(default_factory=list)
+    reader: asyncio.Task[None] | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read(self) -> None:
+        try:
+            async for message in self.ws:
+                self.received.append(message)
+                self.changed.set()
+        finally:
+            self.changed.set()
+
+    def media_count(self) -> int:
+        return sum(1 for m in self.received if m.type == aiohttp.WSMsgType.TEXT and '"media"' in m.data)
+
+    async def wait_for_media(self, timeout: float = 10.0) -> None:
+        """Until the bridge sends agent audio (or closes the socket)."""
+        async with asyncio.timeout(timeout):
+            while not self.media_count() and not self.ws.closed:
+                self.changed.clear()
+                await self.changed.wait()
+
+    async def send(self, frame: str | bytes) -> bool:
+        if self.ws.closed:
+            return False
+        try:
+            if isinstance(frame, bytes):
+                await self.ws.send_bytes(frame)
+            else:
+                await self.ws.send_str(frame)
+        except (ConnectionResetError, RuntimeError):
+            return False
+        return True
+
+
+async def open_raw_leg(session: aiohttp.ClientSession, h: BridgeHarness) -> RawLeg:
+    ws = await session.ws_connect(h.server_url + "/twilio/media", headers=media_socket_headers(),
+                                  max_msg_size=0)
+    leg = RawLeg(ws)
+    leg.reader = asyncio.create_task(leg.read())
+    return leg
+
+
+@pytest.fixture
+async def bridge() -> AsyncIterator[BridgeHarness]:
+    async with BridgeHarness(make_agent(), Script([WaitForText(), Say("Hello.", seconds=0.2)])) as h:
+        yield h
+
+
+frames_or_binary = st.one_of(frame_texts, frame_texts, frame_texts, st.binary(min_size=1, max_size=50))
+
+
+@given(prefix=st.sampled_from(["none", "connected", "connected+start"]),
+       frames=st.lists(frames_or_binary, max_size=12))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+async def test_any_sequence_of_frames_on_the_live_socket_has_its_documented_outcome(
+    bridge: BridgeHarness, prefix: str, frames: list[str | bytes]
+) -> None:
+    h = bridge
+    sequence: list[str | bytes] = []
+    if prefix != "none":
+        sequence.append(json.dumps(CONNECTED))
+    if prefix == "connected+start":
+        sequence.append(json.dumps(start_frame()))
+    sequence += frames
+    expected = Expected()
+    for frame in sequence:
+        expected.feed(frame)
+    finished_before = len(h.runtime.finished)
+    async with aiohttp.ClientSession() as session:
+        leg = await open_raw_leg(session, h)
+        for frame in sequence:
+            if not await leg.send(frame):
+                break
+        if expected.started_sid is not None and not expected.stopped:
+            # The call survived whatever came after `start`: the agent's greeting still reaches us.
+            await leg.wait_for_media()
+            assert leg.media_count() > 0
+        await leg.ws.close()
+        assert leg.reader is not None
+        await leg.reader
+    await h.wait_idle()
+    assert len(h.runtime.finished) == finished_before + 1
+    stats = h.runtime.finished[-1]
+    assert (stats.malformed, stats.ignored, stats.frames_in) == (expected.malformed, expected.ignored, expected.frames_in)
+    assert stats.outcome == "caller_hung_up"
+    # Nothing may be sent before `start`, and only ever for the stream it named.
+    sids = {json.loads(m.data).get("streamSid") for m in leg.received if m.type == aiohttp.WSMsgType.TEXT}
+    assert sids <= ({expected.started_sid} if expected.started_sid else set())
+    # Every model session the call opened is closed again: no stuck call on either side.
+    await h.emulator.wait_for(lambda: not any(c.open for c in h.emulator.connections))
+    async with aiohttp.ClientSession() as session, session.get(h.server_url + "/healthz") as health:
+        assert health.status == 200
