@@ -200,3 +200,154 @@ async def test_cancellation_cancels_the_handler_and_sends_nothing_for_its_id():
     assert conv.tool_responses == []
     assert conv.failures == ["script#0: no tool_response for fc-c (wait_forever) within 0.3 s"]
     assert tool_tasks() == []
+
+
+# --- no dead air, and the caller is still heard ------------------------------------------------------------
+
+
+async def test_hold_sound_plays_while_a_handler_is_slow_and_stops_when_the_model_speaks():
+    agent = make_agent(hold_sound_after_s=0.2)
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @agent.tool
+    async def lookup() -> str:
+        """Slow back office."""
+        entered.set()
+        await release.wait()
+        return "found it"
+
+    answer = "Here is what I found for you."
+    script = Script([WaitForText(), Say(GREETING), calls(ToolCallSpec("lookup", {}, id="fc-h")), Say(answer)])
+    async with BridgeHarness(agent, script) as h:
+        async with h.caller() as caller:
+            conv = await conversation(h)
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
+            greeting = agent_audio_as_heard(conv.connections[0])
+            await asyncio.wait_for(entered.wait(), 10)
+            # Ten 20 ms frames of hold sound reach the caller while the handler is still blocked.
+            await caller.wait_for(lambda c: len(c.heard()) >= len(greeting) + 10 * 160)
+            assert not release.is_set() and conv.tool_responses == []
+            release.set()
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 2)
+            both = agent_audio_as_heard(conv.connections[0])
+            await caller.wait_for(lambda c: c.heard().endswith(both[len(greeting):]))
+        await h.wait_idle()
+    heard = caller.heard()
+    reply = both[len(greeting):]
+    hold = heard[len(greeting):len(heard) - len(reply)]
+    # Greeting, then only hold frames (bit-exact, from the loop's start), then the reply: no hold frame
+    # inside or after the model's audio.
+    assert heard.startswith(greeting) and heard.endswith(reply)
+    frames = len(hold) // 160
+    assert frames >= 10 and len(hold) == frames * 160
+    sound = HoldSound()
+    assert hold == b"".join(sound.next_frame() for _ in range(frames))
+    assert responses(conv) == [("fc-h", "lookup", {"result": "found it"})]
+    assert h.runtime.finished[-1].hold_plays == 1
+    h.emulator.check()
+
+
+async def test_caller_audio_keeps_reaching_the_model_while_a_handler_runs():
+    agent = make_agent()
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @agent.tool
+    async def lookup() -> str:
+        """Slow back office."""
+        entered.set()
+        await release.wait()
+        return "found it"
+
+    script = Script([WaitForText(), calls(ToolCallSpec("lookup", {}, id="fc-1")), Say("Found it.")])
+    async with BridgeHarness(agent, script) as h:
+        async with h.caller() as caller:
+            conv = await conversation(h)
+            await asyncio.wait_for(entered.wait(), 10)
+            before = conv.audio_bytes_in
+            speech = synth_speech("hello, are you still there?", 8000, seconds=0.5)  # 25 frames
+            await caller.say(speech)
+            # Every 20 ms frame of 8 kHz mu-law becomes 320 samples of 16 kHz PCM16 (640 bytes) at the model.
+            await h.emulator.wait_for(lambda: conv.audio_bytes_in >= before + 25 * 640)
+            assert conv.audio_bytes_in == before + 25 * 640
+            assert not release.is_set() and conv.tool_responses == []
+            release.set()
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
+        await h.wait_idle()
+    assert responses(conv) == [("fc-1", "lookup", {"result": "found it"})]
+    h.emulator.check()
+
+
+# --- hanging up and transferring -------------------------------------------------------------------------
+
+
+class _SnapshotOnAppend(list):  # type: ignore[type-arg]
+    """Stands in for TwilioRestEmulator.requests: takes a snapshot the instant each request is recorded."""
+
+    def __init__(self, snapshot: Any) -> None:
+        super().__init__()
+        self.snapshot, self.snapshots = snapshot, []
+
+    def append(self, item: Any) -> None:
+        self.snapshots.append(self.snapshot())
+        super().append(item)
+
+
+def call_path(caller: Any) -> str:
+    from phonebridge.testing.harness import ACCOUNT_SID
+
+    return f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{caller.call_sid}.json"
+
+
+async def _ending_call(agent: Agent, tool: ToolCallSpec, last_words: str) -> tuple[Any, BridgeHarness, bytes, int]:
+    """Greeting, the tool call, the last words; returns (caller, harness, all agent audio, bytes the caller
+    had heard when the one REST request arrived)."""
+    script = Script([WaitForText(), Say(GREETING), calls(tool), Say(last_words)])
+    async with BridgeHarness(agent, script, speed=20) as h:
+        caller = h.caller()
+        h.rest.requests = _SnapshotOnAppend(lambda: len(caller.heard()))
+        async with caller:
+            conv = await conversation(h)
+            await h.rest.wait_for(lambda r: len(r.requests) >= 1, timeout=20)
+            await caller.closed(timeout=20)
+            assert caller.closed_by_server
+        await h.wait_idle()
+    assert len(h.rest.requests) == 1
+    audio = agent_audio_as_heard(conv.connections[0])
+    assert conv.turns_spoken == 2
+    return caller, h, audio, h.rest.requests.snapshots[0]
+
+
+async def test_end_call_hangs_up_through_rest_only_after_the_goodbye_has_played():
+    goodbye = "Thank you for calling, have a lovely evening. Goodbye!"
+    caller, h, audio, heard_at_hang_up = await _ending_call(
+        make_agent(), ToolCallSpec("end_call", {}, id="fc-end"), goodbye
+    )
+    request = h.rest.requests[0]
+    assert (request.method, request.path, request.form) == ("POST", call_path(caller), {"Status": "completed"})
+    # When Twilio was asked to hang up, the caller had heard every byte of the greeting and the goodbye.
+    assert heard_at_hang_up == len(audio)
+    assert caller.heard() == audio
+    assert h.rest.calls[caller.call_sid]["status"] == "completed"
+    conv = h.emulator.conversations[0]
+    assert responses(conv) == [("fc-end", "end_call", {"result": "the call will end after your goodbye"})]
+    assert h.runtime.finished[-1].outcome == "agent_hung_up"
+    h.emulator.check()
+
+
+async def test_transfer_call_updates_the_call_with_dial_twiml_after_the_last_words():
+    agent = make_agent(transfer_to="+1 (555) 010-0199")
+    caller, h, audio, heard_at_transfer = await _ending_call(
+        agent, ToolCallSpec("transfer_call", {"reason": "wants the manager"}, id="fc-t"), "Transferring you now."
+    )
+    twiml = ('<?xml version="1.0" encoding="UTF-8"?>'
+             "<Response><Dial><Number>+15550100199</Number></Dial></Response>")
+    request = h.rest.requests[0]
+    assert (request.method, request.path, request.form) == ("POST", call_path(caller), {"Twiml": twiml})
+    assert heard_at_transfer == len(audio)
+    assert h.rest.calls[caller.call_sid]["twiml"] == twiml
+    conv = h.emulator.conversations[0]
+    assert responses(conv) == [
+        ("fc-t", "transfer_call", {"result": "the caller will be transferred after you finish speaking"})
+    ]
+    assert h.runtime.finished[-1].outcome == "transferred"
+    h.emulator.check()
