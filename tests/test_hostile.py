@@ -262,6 +262,11 @@ async def open_raw_leg(session: aiohttp.ClientSession, h: BridgeHarness) -> RawL
 @pytest.fixture
 async def bridge() -> AsyncIterator[BridgeHarness]:
     async with BridgeHarness(make_agent(), Script([WaitForText(), Say("Hello.", seconds=0.2)])) as h:
+        # The first upgrade of a process pays one-off costs (up to seconds on a busy box): not per example.
+        async with aiohttp.ClientSession() as session:
+            leg = await open_raw_leg(session, h)
+            await leg.ws.close()
+        await h.wait_idle()
         yield h
 
 
@@ -309,3 +314,126 @@ async def test_any_sequence_of_frames_on_the_live_socket_has_its_documented_outc
     await h.emulator.wait_for(lambda: not any(c.open for c in h.emulator.connections))
     async with aiohttp.ClientSession() as session, session.get(h.server_url + "/healthz") as health:
         assert health.status == 200
+
+
+# -- explicit cases, with a bystander call that must not notice -----------------------------------------
+
+GREETING = "Hello, thanks for calling."
+ANSWER = "We close at ten."
+
+
+def qa_script() -> Script:
+    return Script([WaitForText(), Say(GREETING), WaitForCaller(), Hear("When do you close?"), Say(ANSWER)])
+
+
+async def bystander_turn(h: BridgeHarness, caller: Any) -> None:
+    """The bystander asks its question and hears the whole answer, bit-exact (its connection is the first)."""
+    from tests.bridge_helpers import agent_audio_as_heard
+
+    await caller.say("When do you close tonight?")
+    await caller.silence(0.6)
+    conv = h.emulator.connections[0].conversation
+    await h.emulator.wait_for(lambda: conv.turns_spoken == 2, timeout=20)
+    conn = h.emulator.connections[0]
+    await caller.wait_for(lambda c: c.heard() == agent_audio_as_heard(conn), timeout=20)
+    assert caller.clears == [] and caller.protocol_errors == []
+
+
+async def test_literal_sequence_media_before_start_duplicate_start_wrong_sid_frames_after_stop(caplog) -> None:
+    caplog.set_level(logging.WARNING, "phonebridge")
+    sequence = [media_frame(seq=1), CONNECTED, start_frame(seq=1), start_frame(seq=2), media_frame(OTHER_SID, 3),
+                dtmf_frame(OTHER_SID, 4), {"event": "future-event", "streamSid": OWN_SID}, media_frame(seq=5),
+                stop_frame(seq=6), media_frame(seq=7), stop_frame(seq=8)]
+    async with BridgeHarness(make_agent(), Script([WaitForText(), Say("Hello.", seconds=0.2)])) as h:
+        async with aiohttp.ClientSession() as session:
+            leg = await open_raw_leg(session, h)
+            for frame in sequence:
+                await leg.send(json.dumps(frame))
+            assert leg.reader is not None
+            await leg.reader  # the bridge closes the socket after our stop: the frames after it are never read
+            assert leg.ws.close_code == 1000
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert (stats.malformed, stats.ignored, stats.frames_in, stats.outcome) == (0, 5, 1, "caller_hung_up")
+    warnings = [r.getMessage() for r in caplog.records if "Twilio frame ignored" in r.getMessage()]
+    assert warnings == [
+        "Twilio frame ignored: media before start (#1)",
+        "Twilio frame ignored: duplicate start (#2)",
+        f"Twilio frame ignored: media for another stream {OTHER_SID!r} (#3)",
+        f"Twilio frame ignored: dtmf for another stream {OTHER_SID!r} (#4)",
+        "Twilio frame ignored: unknown event 'future-event' (#5)",
+    ]
+
+
+async def test_huge_messages_one_dropped_by_the_parser_one_closing_the_socket_and_the_bystander_never_notices():
+    async with BridgeHarness(make_agent(), qa_script()) as h:
+        async with h.caller(continuous=False) as bystander:
+            await bystander.wait_heard(0.5)
+            async with h.caller(continuous=False) as hostile:
+                await hostile.wait_heard(0.5)
+                under_socket_limit = json.dumps({"event": "media", "pad": "x" * (100 * 1024)})
+                await hostile.send_raw(under_socket_limit)  # over the parser's 64 KiB: dropped, call goes on
+                await hostile.press("7")
+                await h.emulator.wait_for(lambda: "The caller pressed 7 on the keypad." in h.emulator.connections[1].texts())
+                assert hostile.up
+                over_socket_limit = "x" * (MAX_FRAME_BYTES + 1)
+                await hostile.send_raw(over_socket_limit)  # over aiohttp's max_msg_size: the socket closes
+                await hostile.closed()
+                assert hostile.close_code == 1009 and hostile.closed_by_server
+            await bystander_turn(h, bystander)
+        await h.wait_idle()
+    by_sid = {s.call_sid: s for s in h.runtime.finished}
+    assert by_sid[hostile.call_sid].malformed == 1 and by_sid[hostile.call_sid].dtmf == ["7"]
+    assert by_sid[bystander.call_sid].malformed == 0 and by_sid[bystander.call_sid].outcome == "caller_hung_up"
+    assert not any(c.open for c in h.emulator.connections)
+    h.emulator.check()
+
+
+async def test_a_flood_of_garbage_is_counted_logged_sparingly_and_costs_the_bystander_nothing(caplog):
+    caplog.set_level(logging.WARNING, "phonebridge")
+    flood = 5000
+    async with BridgeHarness(make_agent(), qa_script()) as h:
+        async with h.caller(continuous=False) as bystander:
+            await bystander.wait_heard(0.5)
+            async with h.caller(continuous=False) as hostile:
+                await hostile.wait_heard(0.5)
+                flooding = asyncio.gather(*(hostile.send_raw("{not json") for _ in range(flood)))
+                await asyncio.gather(flooding, bystander_turn(h, bystander))
+                await hostile.press("1")  # in order after the flood: once the model has it, all were read
+                await h.emulator.wait_for(lambda: "The caller pressed 1 on the keypad." in h.emulator.connections[1].texts())
+        await h.wait_idle()
+    by_sid = {s.call_sid: s for s in h.runtime.finished}
+    assert by_sid[hostile.call_sid].malformed == flood
+    assert by_sid[bystander.call_sid].malformed == 0
+    logged = [r for r in caplog.records if r.getMessage().startswith("malformed frame from Twilio dropped")]
+    assert len(logged) == 5 + flood // 100  # the first five, then every hundredth
+
+
+async def test_a_flood_of_media_as_fast_as_the_socket_takes_it_all_reaches_the_model():
+    frames = 3000  # a minute of audio in a burst
+    async with BridgeHarness(make_agent(), Script([WaitForText(), Say("Hello.", seconds=0.2), WaitForCaller()])) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_heard(0.2)
+            await caller.silence(frames * 0.02)
+            conv = h.emulator.connections[0].conversation
+            # 8 kHz mu-law in, 16 kHz PCM16 out: 640 bytes per 20 ms frame.
+            await h.emulator.wait_for(lambda: conv.audio_bytes_in == frames * 640, timeout=20)
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert (stats.frames_in, stats.malformed, stats.ignored) == (frames, 0, 0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bridge.py counts gaps in sequenceNumber over media frames only, but Twilio shares that counter with "
+    "mark, dtmf and stop: every echoed mark counts as a lost frame. Fix in CallSession: observe the "
+    "sequenceNumber of every event of our stream (in _ours) rather than in _on_media."))
+async def test_echoed_marks_and_dtmf_are_not_counted_as_lost_frames():
+    async with BridgeHarness(make_agent(), Script([WaitForText(), Say("Hello.", seconds=0.2), WaitForCaller()])) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_for(lambda c: c.playback_idle and len(c.marks_echoed) > 0)
+            await caller.press("3")
+            await caller.silence(0.2)
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.frames_in == 10
+    assert stats.lost_frames == 0
