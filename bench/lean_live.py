@@ -1,0 +1,228 @@
+"""A lean Gemini Live server for load: the same wire protocol as phonebridge.testing.LiveEmulator, none of its
+bookkeeping, and timestamps on everything the bench correlates.
+
+Why not LiveEmulator itself: every message it records wakes every waiting step of every conversation (one
+emulator-wide event), so its cost grows with the square of the number of calls. At 100 calls that is the
+load generator's saturation, not the bridge's. Here each connection reacts only to its own messages.
+
+Behaviour per connection (a caller-paced conversation, forever until the socket closes):
+  setup -> setupComplete; the first realtime text (the bridge's greeting prompt) -> speak the greeting;
+  caller speech (energy VAD, 20 ms frames: >= 200 ms loud, then 300 ms quiet) -> inputTranscription, then every
+  `tool_every`-th answer a toolCall first (answered -> speak), else speak at once. Speaking sends 40 ms chunks of
+  24 kHz speech paced at real time, with outputTranscription words; 100 ms of caller speech while speaking is a
+  barge-in: stop, send interrupted + turnComplete.
+Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on one machine).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiohttp import WSMsgType, web
+
+from phonebridge.testing.speech import synth_speech
+from phonebridge.testing.tls import LocalTLS
+
+OUT_RATE = 24000
+CHUNK_S = 0.04
+CHUNK_BYTES = int(OUT_RATE * CHUNK_S) * 2
+LOUD_DBFS = -40.0
+UTTERANCE_MIN_FRAMES = 10  # 200 ms of 20 ms frames
+END_SILENCE_FRAMES = 15  # 300 ms
+BARGE_FRAMES = 5  # 100 ms
+_LOUD_MS2 = (32768.0 * 10 ** (LOUD_DBFS / 20)) ** 2
+
+
+@dataclass
+class Timeline:
+    """What one connection saw and did, in monotonic seconds."""
+
+    audio_in: list[float] = field(default_factory=list)  # each realtime audio message received
+    turns: list[list[float]] = field(default_factory=list)  # per spoken turn: each audio chunk sent
+    interrupted: list[float] = field(default_factory=list)  # interrupted sent
+    tool_calls: list[float] = field(default_factory=list)  # toolCall sent
+    tool_responses: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # received, response
+    texts: list[str] = field(default_factory=list)
+
+
+class _Speech:
+    """The phrases this server speaks, synthesised once (synthesis is not what we measure)."""
+
+    def __init__(self, answer_s: float) -> None:
+        self.greeting = self._chunks(synth_speech("Thanks for calling, how can I help?", OUT_RATE, seconds=answer_s))
+        self.answer = self._chunks(synth_speech("Your order is out for delivery today", OUT_RATE, seconds=answer_s))
+
+    @staticmethod
+    def _chunks(pcm: bytes) -> list[str]:
+        usable = len(pcm) - len(pcm) % CHUNK_BYTES  # whole chunks: each becomes exactly two Twilio frames
+        return [base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, usable, CHUNK_BYTES)]
+
+
+class LeanLive:
+    """Start with `await start()`; `base_url` and `ca_file` are what the SDK needs; `connections` queues each new
+    connection's Timeline in order of arrival."""
+
+    def __init__(self, *, answer_s: float = 1.5, tool_every: int = 3) -> None:
+        self._speech = _Speech(answer_s)
+        self._tool_every = tool_every
+        self.connections: asyncio.Queue[Timeline] = asyncio.Queue()
+        self.timelines: list[Timeline] = []
+        self._tls: LocalTLS | None = None
+        self._runner: web.AppRunner | None = None
+        self.base_url = ""
+
+    @property
+    def ca_file(self) -> str:
+        assert self._tls is not None
+        return str(self._tls.ca_file)
+
+    async def start(self) -> None:
+        self._tls = LocalTLS()
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls.server_context())
+        await site.start()
+        self.base_url = f"https://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._tls is not None:
+            self._tls.close()
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
+        await ws.prepare(request)
+        timeline = Timeline()
+        self.timelines.append(timeline)
+        self.connections.put_nowait(timeline)
+        conn = _Conversation(ws, timeline, self._speech, self._tool_every)
+        try:
+            await conn.run()
+        finally:
+            conn.stop()
+        return ws
+
+
+class _Conversation:
+    def __init__(self, ws: web.WebSocketResponse, timeline: Timeline, speech: _Speech, tool_every: int) -> None:
+        self._ws, self.t, self._speech, self._tool_every = ws, timeline, speech, tool_every
+        self._speaker: asyncio.Task[None] | None = None
+        self._loud = self._quiet = self._barge = 0
+        self._answers = 0
+        self._open_call: str | None = None
+
+    async def run(self) -> None:
+        async for msg in self._ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            data = json.loads(msg.data)
+            if "setup" in data:
+                await self._send({"setupComplete": {}})
+                continue
+            realtime = data.get("realtimeInput") or data.get("realtime_input")
+            if realtime is not None:
+                self._on_realtime(realtime)
+                continue
+            response = data.get("toolResponse") or data.get("tool_response")
+            if response is not None:
+                self._on_tool_response(response)
+
+    def stop(self) -> None:
+        if self._speaker is not None:
+            self._speaker.cancel()
+
+    def _on_realtime(self, realtime: dict[str, Any]) -> None:
+        audio = realtime.get("audio")
+        if audio is not None:
+            self.t.audio_in.append(time.monotonic())
+            self._on_audio(audio["data"])
+        elif "text" in realtime:
+            self.t.texts.append(realtime["text"])
+            if len(self.t.texts) == 1:
+                self._speak(self._speech.greeting)
+
+    def _on_audio(self, data: str) -> None:
+        pcm = np.frombuffer(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), dtype="<i2").astype(np.float32)
+        loud = pcm.size > 0 and float(np.dot(pcm, pcm)) / pcm.size > _LOUD_MS2
+        speaking = self._speaker is not None and not self._speaker.done()
+        if loud:
+            self._loud, self._quiet = self._loud + 1, 0
+            self._barge += 1
+            if speaking and self._barge >= BARGE_FRAMES:
+                self._speaker.cancel()  # type: ignore[union-attr]  # its finally sends interrupted
+        else:
+            self._quiet += 1
+            if self._loud >= UTTERANCE_MIN_FRAMES and self._quiet >= END_SILENCE_FRAMES and not speaking:
+                self._loud = 0
+                self._on_utterance()
+            elif self._quiet >= END_SILENCE_FRAMES:
+                self._barge = 0
+
+    def _on_utterance(self) -> None:
+        if self._open_call is not None:
+            return
+        self._answers += 1
+        self._spawn_send({"serverContent": {"inputTranscription": {"text": "where is my order", "finished": True}}})
+        if self._tool_every and self._answers % self._tool_every == 0:
+            self._open_call = f"fc-{self._answers}"
+            self.t.tool_calls.append(time.monotonic())
+            call = {"id": self._open_call, "name": "lookup_order", "args": {"order_id": "A-1"}}
+            self._spawn_send({"toolCall": {"functionCalls": [call]}}, stamp=self.t.tool_calls)
+        else:
+            self._speak(self._speech.answer)
+
+    def _on_tool_response(self, response: dict[str, Any]) -> None:
+        received = time.monotonic()
+        for item in response.get("functionResponses") or response.get("function_responses") or []:
+            self.t.tool_responses.append((received, dict(item.get("response") or {})))
+        self._open_call = None
+        self._speak(self._speech.answer)
+
+    def _speak(self, chunks: list[str]) -> None:
+        if self._speaker is None or self._speaker.done():
+            self._barge = 0
+            self._speaker = asyncio.ensure_future(self._speak_turn(chunks))
+
+    async def _speak_turn(self, chunks: list[str]) -> None:
+        sent: list[float] = []
+        self.t.turns.append(sent)
+        start = time.monotonic()
+        try:
+            for number, data in enumerate(chunks):
+                part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
+                content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
+                if number % 5 == 0:
+                    content["outputTranscription"] = {"text": "word "}
+                await self._send({"serverContent": content})
+                sent.append(time.monotonic())
+                await asyncio.sleep(max(0.0, start + (number + 1) * CHUNK_S - time.monotonic()))
+        except asyncio.CancelledError:
+            if not self._ws.closed:
+                await self._send({"serverContent": {"interrupted": True}})
+                self.t.interrupted.append(time.monotonic())
+                await self._send({"serverContent": {"turnComplete": True}})
+            raise
+        await self._send({"serverContent": {"generationComplete": True}})
+        await self._send({"serverContent": {"turnComplete": True}})
+
+    def _spawn_send(self, message: dict[str, Any], stamp: list[float] | None = None) -> None:
+        task = asyncio.ensure_future(self._send(message))
+        if stamp is not None:  # re-stamp after the write: the call left here then
+            task.add_done_callback(lambda _: stamp.__setitem__(-1, time.monotonic()))
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._ws.closed:
+            return
+        try:
+            await self._ws.send_bytes(json.dumps(message, separators=(",", ":")).encode())
+        except (ConnectionError, RuntimeError):
+            return

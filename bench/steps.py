@@ -1,0 +1,135 @@
+"""One load step in separate processes: the load generator (bench/loadgen.py: Live server + callers) and
+`phonebridge serve --workers 1`, each pinned to its own core when taskset exists. Everything is bounded: each
+wait has a deadline and every process started here is terminated, then killed, by its pid."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+PUBLIC_URL = "https://bench.example.com"
+AUTH_TOKEN = "bench-auth-token"
+ACCOUNT_SID = "AC" + "b" * 32
+
+
+def _pinned(core: int | None, argv: list[str]) -> list[str]:
+    taskset = shutil.which("taskset")
+    if core is None or taskset is None or (os.cpu_count() or 1) < 2:
+        return argv
+    return [taskset, "-c", str(core), *argv]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _read_json_line(proc: subprocess.Popen[str], deadline: float) -> dict[str, Any]:
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"load generator exited ({proc.poll()}) before answering")
+        if line.startswith("{"):
+            return dict(json.loads(line))
+    raise TimeoutError("load generator did not answer in time")
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"phonebridge serve exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)  # another process's start-up: nothing to await but the port
+    raise TimeoutError("phonebridge serve did not become healthy")
+
+
+def _stop(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5.0)
+
+
+def scrape_p99_buckets(port: int) -> dict[str, float]:
+    """The bridge's own view: the upper bound of the bucket holding its p99, per direction (Prometheus)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as response:
+        text = response.read().decode()
+    out: dict[str, float] = {}
+    for direction in ("inbound", "outbound"):
+        pattern = rf'phonebridge_bridge_latency_seconds_bucket\{{direction="{direction}",le="([^"]+)"\}} (\S+)'
+        buckets = [(float(le), float(n)) for le, n in re.findall(pattern, text)]
+        total = buckets[-1][1] if buckets else 0.0
+        out[direction] = next((le for le, n in buckets if total and n >= 0.99 * total), float("nan"))
+    return out
+
+
+def run_step(calls: int, seconds: float, profile: Path | None = None) -> dict[str, Any]:
+    """Start the load generator and a fresh server, run `calls` calls for `seconds`, return the numbers."""
+    python = sys.executable
+    gen = subprocess.Popen(
+        _pinned(1, [python, str(BENCH / "loadgen.py")]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=BENCH,
+    )
+    serve: subprocess.Popen[bytes] | None = None
+    spy: subprocess.Popen[bytes] | None = None
+    try:
+        live = _read_json_line(gen, time.monotonic() + 30)
+        port = _free_port()
+        env = {
+            **os.environ, "GOOGLE_GEMINI_BASE_URL": live["base_url"], "SSL_CERT_FILE": live["ca_file"],
+            "GEMINI_API_KEY": "bench", "PHONEBRIDGE_PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "PHONEBRIDGE_MAX_CALLS": "100000", "PHONEBRIDGE_DRAIN_TIMEOUT_S": "5",
+        }
+        serve = subprocess.Popen(_pinned(0, [
+            python, "-m", "phonebridge.cli", "--log-level", "WARNING", "serve", "--agent", str(BENCH / "agent.py"),
+            "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ]), env=env)
+        _wait_healthy(port, serve)
+        if profile is not None:
+            spy = _start_profile(serve.pid, seconds, profile)
+        spec = {"server_url": f"http://127.0.0.1:{port}", "serve_pid": serve.pid, "calls": calls,
+                "seconds": seconds, "public_url": PUBLIC_URL, "auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID}
+        assert gen.stdin is not None
+        gen.stdin.write(json.dumps(spec) + "\n")
+        gen.stdin.flush()
+        result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 60)["result"])
+        result["bridge_p99_bucket"] = scrape_p99_buckets(port)
+        return result
+    finally:
+        if spy is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                spy.wait(seconds + 30)  # it stops by itself after --duration and writes the profile
+        for proc in (spy, serve, gen):
+            if proc is not None:
+                _stop(proc)
+
+
+def _start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen(
+        [spy, "record", "--pid", str(pid), "--duration", str(int(seconds + 2)), "--format", "raw",
+         "--output", str(out), "--nonblocking"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
