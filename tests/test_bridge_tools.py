@@ -351,3 +351,85 @@ async def test_transfer_call_updates_the_call_with_dial_twiml_after_the_last_wor
     ]
     assert h.runtime.finished[-1].outcome == "transferred"
     h.emulator.check()
+
+
+# --- handlers that never finish --------------------------------------------------------------------------
+
+
+async def test_a_handler_that_never_returns_is_cancelled_when_the_caller_hangs_up():
+    agent = make_agent(tool_timeout_s=60.0)
+    entered, cancelled = asyncio.Event(), asyncio.Event()
+
+    @agent.tool
+    async def stuck() -> str:
+        """Never returns."""
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "unreachable"
+
+    script = Script([WaitForText(), calls(ToolCallSpec("stuck", {}, id="fc-s"), timeout_s=30.0)])
+    async with BridgeHarness(agent, script) as h:
+        caller = h.caller()
+        await caller.dial()
+        conv = await conversation(h)
+        await asyncio.wait_for(entered.wait(), 10)
+        assert [t.get_name() for t in tool_tasks()] == ["tool:stuck"]
+        await caller.hangup()
+        await h.wait_idle()
+        # The call is over: its handler was cancelled and its task is gone, long before any timeout.
+        assert cancelled.is_set()
+        assert tool_tasks() == []
+        assert conv.tool_responses == []
+        assert h.runtime.finished[-1].outcome == "caller_hung_up"
+
+
+async def test_a_blocked_sync_handler_neither_stalls_other_calls_nor_delays_shutdown():
+    agent = make_agent(tool_timeout_s=60.0)
+    loop = asyncio.get_running_loop()
+    entered, release, returned = asyncio.Event(), threading.Event(), threading.Event()
+    thread_names: list[str] = []
+
+    @agent.tool
+    def blocking_lookup() -> str:
+        """A blocking driver that hangs."""
+        thread_names.append(threading.current_thread().name)
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(30)  # bounded, so that a broken test cannot hang the suite forever
+        returned.set()
+        return "late"
+
+    scripts = iter([
+        Script([WaitForText(), calls(ToolCallSpec("blocking_lookup", {}, id="fc-b"), timeout_s=30.0)], name="blocked"),
+        Script([WaitForText(), Say(GREETING), WaitForCaller(), Hear("When do you close?"), Say("At ten tonight.")],
+               name="other"),
+    ])
+    try:
+        async with BridgeHarness(agent, lambda setup: next(scripts)) as h:
+            blocked = h.caller()
+            await blocked.dial()
+            await asyncio.wait_for(entered.wait(), 10)
+            # A second call runs a whole exchange while the handler's thread is stuck.
+            async with h.caller() as other:
+                await h.emulator.wait_for(lambda: len(h.emulator.conversations) == 2)
+                conv = h.emulator.conversations[1]
+                await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
+                await other.say(synth_speech("when do you close tonight?", 8000, seconds=0.8))
+                await other.silence(0.5)
+                await h.emulator.wait_for(lambda: conv.turns_spoken == 2)
+                audio = agent_audio_as_heard(conv.connections[0])
+                await other.wait_for(lambda c: c.heard() == audio)
+            assert not returned.is_set()
+            await blocked.hangup()
+            await h.wait_idle(timeout=5)
+            assert not returned.is_set()
+        # The harness (app cleanup included) stopped without waiting for the stuck thread.
+        assert not returned.is_set()
+    finally:
+        release.set()
+    assert thread_names and thread_names[0].startswith("phonebridge-tool")
+    assert h.emulator.conversations[0].tool_responses == []
+    assert [s.outcome for s in h.runtime.finished] == ["caller_hung_up", "caller_hung_up"]
