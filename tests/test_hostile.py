@@ -437,3 +437,52 @@ async def test_echoed_marks_and_dtmf_are_not_counted_as_lost_frames():
     stats = h.runtime.finished[-1]
     assert stats.frames_in == 10
     assert stats.lost_frames == 0
+
+
+# -- the model side: odd-but-parsable Live messages -----------------------------------------------------
+
+ODD_MODEL_MESSAGES = {
+    "unknown_top_level_key": {"someFutureField": {"x": 1}},
+    "error_without_code": {"error": {"message": "something odd"}},
+    "empty_server_content": {"serverContent": {}},
+    "empty_tool_call": {"toolCall": {}},
+    "tool_call_without_id": {"toolCall": {"functionCalls": [{"name": "no_such_tool", "args": {}}]}},
+    "cancel_of_unknown_ids": {"toolCallCancellation": {"ids": ["nope"]}},
+    "go_away_without_time": {"goAway": {}},
+    "go_away_unreadable_time": {"goAway": {"timeLeft": "soon"}},
+    "resumable_without_handle": {"sessionResumptionUpdate": {"resumable": True}},
+    "empty_usage": {"usageMetadata": {}},
+    "second_setup_complete": {"setupComplete": {}},
+    "odd_length_audio": {"serverContent": {"modelTurn": {"parts": [
+        {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": base64.b64encode(b"\x01\x02\x03").decode()}}]}}},
+    "text_part_in_audio_session": {"serverContent": {"modelTurn": {"parts": [{"text": "hi"}]}}},
+    "stray_turn_complete": {"serverContent": {"turnComplete": True}},
+}
+STRAY_INTERRUPTED = pytest.param({"serverContent": {"interrupted": True}}, id="stray_interrupted", marks=pytest.mark.xfail(
+    strict=True, reason=(
+        "call.py CallState.agent_interrupted sets cut=True even when the agent is not speaking, and only "
+        "turnComplete clears it: an `interrupted` outside a turn silences the whole next turn. Fix: when not "
+        "self.speaking, return [SendClear()] if self._marks else [] without setting self.cut.")))
+
+
+@pytest.mark.parametrize("message", [*(pytest.param(m, id=k) for k, m in ODD_MODEL_MESSAGES.items()), STRAY_INTERRUPTED])
+async def test_an_odd_model_message_ends_in_reconnection_or_nothing_and_the_call_goes_on(message, caplog):
+    from phonebridge.testing.speech import synth_speech
+
+    async with BridgeHarness(make_agent(), qa_script()) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_for(lambda c: c.playback_idle and c.heard_seconds > 0.5)
+            conv = h.emulator.conversations[0]
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
+            await h.emulator.connections[0].send_raw(message)
+            await caller.say("When do you close tonight?")
+            await caller.silence(0.6)
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 2, timeout=20)
+            spoken = sum(len(synth_speech(text, 24000)) for text in (GREETING, ANSWER)) / 48000
+            await caller.wait_for(lambda c: c.playback_idle and c.heard_seconds >= spoken - 0.05, timeout=8)
+        await h.wait_idle()
+        await h.emulator.wait_for(lambda: not any(c.open for c in h.emulator.connections))
+    stats = h.runtime.finished[-1]
+    assert stats.outcome == "caller_hung_up"
+    assert len(h.emulator.connections) <= 2  # at most one reconnection, and it resumed the same conversation
+    assert len(h.emulator.conversations) == 1
