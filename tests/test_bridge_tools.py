@@ -19,7 +19,14 @@ from phonebridge.errors import ToolError
 from phonebridge.hold import HoldSound
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import (
-    CallTools, CancelTools, Say, Script, ToolCallSpec, WaitForCaller, Hear, WaitForText,
+    CallTools,
+    CancelTools,
+    Hear,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForCaller,
+    WaitForText,
 )
 from phonebridge.testing.live_state import Conversation
 from phonebridge.testing.speech import synth_speech
@@ -98,6 +105,14 @@ async def test_arguments_arrive_typed_and_every_failure_mode_gets_one_answer(cap
             raise
         return "unreachable"
 
+    stuck_thread = threading.Event()
+
+    @agent.tool(timeout_s=0.2)
+    def slow_sync() -> str:
+        """A blocking driver that answers too late."""
+        stuck_thread.wait(10)
+        return "too late"
+
     script = Script([
         WaitForText(),
         calls(ToolCallSpec("book", {"party": 4, "day": "2026-05-01", "seating": "patio", "tags": ["birthday"],
@@ -105,35 +120,43 @@ async def test_arguments_arrive_typed_and_every_failure_mode_gets_one_answer(cap
         calls(ToolCallSpec("explode", {}, id="boom-1")),
         calls(ToolCallSpec("refuse", {"order_id": "Z-9"}, id="refuse-1")),
         calls(ToolCallSpec("slow", {}, id="slow-1")),
+        calls(ToolCallSpec("slow_sync", {}, id="slow-2")),
         calls(ToolCallSpec("no_such_tool", {"x": 1}, id="unknown-1")),
         calls(ToolCallSpec("book", {"party": "many", "day": "2026-05-01", "seating": "roof", "tags": []},
                            id="bad-1")),
         Say("Done."),
     ])
-    async with BridgeHarness(agent, script) as h:
-        async with h.caller():
-            conv = await conversation(h)
-            await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
-        await h.wait_idle()
+    try:
+        async with BridgeHarness(agent, script) as h:
+            async with h.caller():
+                conv = await conversation(h)
+                await h.emulator.wait_for(lambda: conv.turns_spoken == 1)
+            await h.wait_idle()
+    finally:
+        stuck_thread.set()
     assert seen == {"party": 4, "day": datetime.date(2026, 5, 1), "seating": "patio", "tags": ["birthday"],
                     "deposit": 12.5, "call_sid": h._callers[0].call_sid, "off_loop": True}
     got = responses(conv)
     assert [(i, n) for i, n, _ in got] == [("ok-1", "book"), ("boom-1", "explode"), ("refuse-1", "refuse"),
-                                          ("slow-1", "slow"), ("unknown-1", "no_such_tool"), ("bad-1", "book")]
+                                          ("slow-1", "slow"), ("slow-2", "slow_sync"), ("unknown-1", "no_such_tool"),
+                                          ("bad-1", "book")]
     assert got[0][2] == {"reference": "B-1", "day": "2026-05-01", "party": 4}
     assert got[1][2] == {"error": f"The explode tool {INTERNAL}"}
     assert got[2][2] == {"error": "No order Z-9 was found."}
     assert got[3][2] == {"error": "The slow tool did not answer within 0.2 seconds and was stopped."}
-    assert got[4][2] == {"error": "There is no tool named 'no_such_tool'. The available tools are: book, explode, "
-                                  "refuse, slow, end_call."}
-    bad = got[5][2]["error"]
+    # A sync handler cannot be killed: it is answered on time and its thread's late result is discarded.
+    assert got[4][2] == {"error": "The slow_sync tool did not answer within 0.2 seconds and was stopped."}
+    assert got[5][2] == {"error": "There is no tool named 'no_such_tool'. The available tools are: book, explode, "
+                                  "refuse, slow, slow_sync, end_call."}
+    bad = got[6][2]["error"]
     assert bad.startswith("Invalid arguments for book: ") and "'party'" in bad and "'seating'" in bad
     assert bad.endswith("Call it again with corrected ones.")
     assert slow_cancelled.is_set()
     # The traceback of the crash goes to the log, never to the model.
     assert "database on fire" in caplog.text and "Traceback" in caplog.text
     assert "database on fire" not in str(got)
-    assert tool_response_messages(conv) == [["ok-1"], ["boom-1"], ["refuse-1"], ["slow-1"], ["unknown-1"], ["bad-1"]]
+    assert tool_response_messages(conv) == [["ok-1"], ["boom-1"], ["refuse-1"], ["slow-1"], ["slow-2"], ["unknown-1"],
+                                             ["bad-1"]]
     h.emulator.check()
 
 

@@ -8,7 +8,13 @@ from typing import Any
 
 from phonebridge.agent import Agent, load_agent
 from phonebridge.testing.harness import BridgeHarness
-from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
+from phonebridge.testing.live_script import (
+    CallTools,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForText,
+)
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pizzeria.py"
 OWN_TOOLS = ["get_menu", "price", "order_status", "book_table"]
