@@ -1,0 +1,119 @@
+"""The benchmark's table (each figure with its target and PASS/FAIL/INFO) and its plot (pure but for the PNG)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]
+MIB = 1024 * 1024
+
+
+def best_step(steps: list[dict[str, Any]], target_s: float) -> dict[str, Any] | None:
+    """The largest step whose p99 holds in both directions and whose numbers are the bridge's own."""
+    good = [s for s in steps if not s.get("generator_bound")
+            and all(s[d]["p99"] <= target_s for d in ("inbound", "outbound"))]
+    return max(good, key=lambda s: s["calls"], default=None)
+
+
+def marginal_rss(steps: list[dict[str, Any]], upto: dict[str, Any]) -> float:
+    """RSS added per extra call between the smallest step and `upto` (each step runs a fresh server, so the
+    fixed cost of a first call, the SDK's caches and TLS contexts, cancels out); per call at `upto` otherwise."""
+    first = steps[0]
+    if upto["calls"] > first["calls"]:
+        return (upto["serve_rss_during"] - first["serve_rss_during"]) / (upto["calls"] - first["calls"])
+    return float(upto["rss_per_call"])
+
+
+def _verdict(ok: bool, value: float = 0.0) -> str:
+    return "n/a" if math.isnan(value) else ("PASS" if ok else "FAIL")
+
+
+def _ms(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{v * 1e3:.3f} ms"
+
+
+def _scale_rows(steps: list[dict[str, Any]], target_s: float) -> tuple[list[Row], dict[str, Any] | None]:
+    best = best_step(steps, target_s)
+    n = best["calls"] if best else 0
+    last = steps[-1] if steps else None
+    why = ""
+    if last is not None and last.get("generator_bound"):
+        why = f" (stopped: load generator saturated at {last['calls']} calls, cpu {last['loadgen_cpu']:.0%})"
+    elif last is not None and last is not best:
+        why = f" (p99 broke at {last['calls']} calls)"
+    out: list[Row] = [
+        (f"calls per core at p99 <= 5 ms{why}", str(n), ">= 250 (stretch 500)", _verdict(n >= 250)),
+        ("calls per core at p99 <= 5 ms (bridge issue)", str(n), ">= 100", _verdict(n >= 100)),
+    ]
+    ref = best or (steps[0] if steps else None)
+    if ref is not None:
+        tag = f"@{ref['calls']}"
+        out += [
+            (f"inbound added latency p50/p99 {tag}", f"{_ms(ref['inbound']['p50'])} / {_ms(ref['inbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["inbound"]["p99"] <= target_s)),
+            (f"outbound added latency p50/p99 {tag}", f"{_ms(ref['outbound']['p50'])} / {_ms(ref['outbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["outbound"]["p99"] <= target_s)),
+            (f"server CPU per call {tag}", f"{ref['cpu_per_call'] * 100:.2f} % of a core", "INFO", "INFO"),
+            (f"server RSS per call (marginal) {tag}", f"{marginal_rss(steps, ref) / MIB:.3f} MiB", "<= 1 MiB", _verdict(marginal_rss(steps, ref) <= MIB)),
+            (f"interrupted -> clear p99 {tag}", _ms(ref["clear"]["p99"]), "<= 1 ms", _verdict(ref["clear"]["p99"] <= 0.001, ref["clear"]["p99"])),
+            (f"toolCall -> handler start p99 {tag}", _ms(ref["tool_start"]["p99"]), "< 1 ms", _verdict(ref["tool_start"]["p99"] < 0.001, ref["tool_start"]["p99"])),
+            (f"handler return -> tool_response p99 {tag}", _ms(ref["tool_reply"]["p99"]), "< 1 ms", _verdict(ref["tool_reply"]["p99"] < 0.001, ref["tool_reply"]["p99"])),
+            (f"model first audio -> first Twilio frame p99 {tag}", _ms(ref["first_audio"]["p99"]), "INFO", "INFO"),
+            (f"load generator CPU / loop lag p99 {tag}", f"{ref['loadgen_cpu']:.0%} / {_ms(ref['loadgen_lag']['p99'])}", "INFO", "INFO"),
+            (f"bridge's own histogram p99 bucket in/out {tag}", f"<= {ref['bridge_p99_bucket']['inbound'] * 1e3:g} / <= {ref['bridge_p99_bucket']['outbound'] * 1e3:g} ms", "INFO", "INFO"),
+        ]
+    return out, best
+
+
+def rows(steps: list[dict[str, Any]], audio: dict[str, float], target_s: float) -> list[Row]:
+    out, _ = _scale_rows(steps, target_s)
+    for way in ("outbound", "inbound"):
+        gap = audio[f"{way}_ceiling"] - audio[f"{way}_pesq"]
+        out.append((f"{way} PESQ-NB (G.711 ceiling {audio[f'{way}_ceiling']:.3f})", f"{audio[f'{way}_pesq']:.3f}", "within 0.02 of ceiling", _verdict(gap <= 0.02)))
+    for way in ("outbound", "inbound"):
+        delay = audio[f"{way}_delay_ms"]
+        out.append((f"{way} algorithmic delay", f"{delay:.3f} ms", "<= 3 ms", _verdict(delay <= 3.0)))
+    out += [
+        ("inbound transcode per 20 ms frame", f"{audio['inbound_transcode_us']:.1f} us", "< 10 us", _verdict(audio["inbound_transcode_us"] < 10)),
+        ("outbound transcode per 20 ms frame", f"{audio['outbound_transcode_us']:.1f} us", "< 10 us", _verdict(audio["outbound_transcode_us"] < 10)),
+        ("SDK send_realtime_input per frame (json+b64 floor)", f"{audio['sdk_send_us']:.1f} us ({audio['send_floor_us']:.1f})", "INFO", "INFO"),
+        ("SDK receive per 20 ms of model audio (floor)", f"{audio['sdk_outbound_per_frame_us']:.1f} us ({audio['recv_floor_us'] / 2:.1f})", "INFO", "INFO"),
+    ]
+    return out
+
+
+def table(lines: list[Row]) -> str:
+    width = max(len(r[0]) for r in lines)
+    vwidth = max(len(r[1]) for r in lines)
+    twidth = max(len(r[2]) for r in lines)
+    head = f"{'figure':{width}}  {'value':>{vwidth}}  {'target':{twidth}}  result"
+    return "\n".join([head, "-" * len(head)] + [f"{a:{width}}  {b:>{vwidth}}  {c:{twidth}}  {d}" for a, b, c, d in lines])
+
+
+def plot(steps: list[dict[str, Any]], path: Path, target_s: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    calls = [s["calls"] for s in steps]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for direction, colour in (("inbound", "tab:blue"), ("outbound", "tab:orange")):
+        ax.plot(calls, [s[direction]["p99"] * 1e3 for s in steps], "o-", color=colour, label=f"{direction} p99")
+        ax.plot(calls, [s[direction]["p50"] * 1e3 for s in steps], "o--", color=colour, alpha=0.6, label=f"{direction} p50")
+    ax.axhline(target_s * 1e3, color="red", linestyle=":", label="p99 target (5 ms)")
+    for s in steps:
+        if s.get("generator_bound"):
+            ax.annotate("generator-bound", (s["calls"], s["inbound"]["p99"] * 1e3), fontsize=8)
+    cpu = ax.twinx()
+    cpu.plot(calls, [s["serve_cpu"] * 100 for s in steps], "s:", color="grey", label="server CPU %")
+    cpu.set_ylabel("server CPU (% of one core)")
+    ax.set_xlabel("concurrent calls (one worker process)")
+    ax.set_ylabel("added latency (ms, end to end on loopback)")
+    ax.set_yscale("log")
+    ax.set_title("phonebridge: added latency against concurrent calls")
+    handles = ax.get_legend_handles_labels()[0] + cpu.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

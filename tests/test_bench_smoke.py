@@ -1,0 +1,78 @@
+"""The benchmark still runs (tiny numbers, no timing targets asserted), and its pairing logic is right."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import correlate  # noqa: E402
+import report  # noqa: E402
+
+
+def test_percentile_is_exact_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert correlate.percentile(values, 50) == 50.0
+    assert correlate.percentile(values, 99) == 99.0
+    assert correlate.percentile(values, 100) == 100.0
+    assert math.isnan(correlate.percentile([], 99))
+
+
+def test_inbound_pairs_kth_frame_with_kth_message_inside_window() -> None:
+    sent = [1.0, 1.02, 1.04, 1.06]
+    received = [1.001, 1.0215, 1.043]
+    assert correlate.inbound_latencies(sent, received, (1.01, 2.0)) == pytest.approx([0.0015, 0.003])
+
+
+def test_outbound_maps_chunks_to_frame_pairs_and_skips_turn_tails() -> None:
+    turns = [[10.0, 10.04], [20.0]]
+    # turn 1: two chunks -> four full frames, then the resampler's short tail; turn 2: one chunk (interrupted)
+    frames = [(10.001, 160), (10.002, 160), (10.041, 160), (10.043, 160), (10.05, 14), (20.004, 160), (20.005, 160)]
+    per_chunk, first, missing = correlate.outbound_latencies(turns, frames, (0.0, 100.0))
+    assert per_chunk == pytest.approx([0.002, 0.003, 0.005])
+    assert first == pytest.approx([0.001, 0.004])
+    assert missing == 0
+    _, _, missing = correlate.outbound_latencies([[1.0, 1.04]], [(1.001, 160), (1.002, 160)], (0.0, 9.0))
+    assert missing == 1
+
+
+def test_pair_next_takes_the_first_end_after_each_start() -> None:
+    assert correlate.pair_next([1.0, 2.0, 5.0], [1.0004, 2.0009], (0.0, 9.0)) == pytest.approx([0.0004, 0.0009])
+
+
+def test_best_step_ignores_generator_bound_and_slow_steps() -> None:
+    def step(calls: int, p99: float, bound: bool = False) -> dict[str, object]:
+        return {"calls": calls, "generator_bound": bound, "inbound": {"p99": p99}, "outbound": {"p99": p99}}
+
+    steps = [step(25, 0.001), step(50, 0.004), step(100, 0.002, bound=True), step(150, 0.009)]
+    assert report.best_step(steps, 0.005)["calls"] == 50  # type: ignore[index]
+
+
+@pytest.mark.timeout(60)
+def test_one_tiny_step_runs_end_to_end_in_separate_processes(tmp_path: Path) -> None:
+    import steps
+
+    result = steps.run_step(2, 2.0)
+    assert result["calls"] == 2
+    assert result["failed_dials"] == 0
+    assert result["stalls"] == 0
+    assert result["negative"] == 0  # pairing never puts an arrival before its send
+    assert result["inbound"]["count"] >= 2 * 2.0 * 50 * 0.9  # two calls, 50 frames a second each
+    assert result["outbound"]["count"] > 0
+    assert result["serve_rss_during"] > 0 and result["serve_cpu"] > 0
+    rows = report.rows([result], _fake_audio(), 0.005)
+    assert rows[0][0].startswith("calls per core")
+    report.plot([result], tmp_path / "latency.png", 0.005)
+    assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _fake_audio() -> dict[str, float]:
+    keys = ("outbound_pesq", "outbound_ceiling", "inbound_pesq", "inbound_ceiling", "outbound_delay_ms",
+            "inbound_delay_ms", "inbound_transcode_us", "outbound_transcode_us", "sdk_send_us", "send_floor_us",
+            "sdk_outbound_per_frame_us", "recv_floor_us")
+    return {key: 1.0 for key in keys}
