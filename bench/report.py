@@ -108,6 +108,7 @@ def plot(steps: list[dict[str, Any]], path: Path, target_s: float) -> None:
     cpu = ax.twinx()
     cpu.plot(calls, [s["serve_cpu"] * 100 for s in steps], "s:", color="grey", label="server CPU %")
     cpu.set_ylabel("server CPU (% of one core)")
+    cpu.set_ylim(0, 100)
     ax.set_xlabel("concurrent calls (one worker process)")
     ax.set_ylabel("added latency (ms, end to end on loopback)")
     ax.set_yscale("log")
