@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
+
+# Our numpy work is many tiny operations on the event loop thread; a multi-threaded BLAS only adds
+# contention (a filter design took seconds instead of milliseconds on a busy 2-core machine). Applies when
+# phonebridge is imported before numpy; an explicit setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 __all__ = ["Agent", "CallContext", "__version__"]

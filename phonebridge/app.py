@@ -20,6 +20,7 @@ from google import genai
 
 from phonebridge import twiml
 from phonebridge.agent import Agent
+from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.bridge import CallServices, CallSession, CallStats
 from phonebridge.config import Settings
 from phonebridge.metrics import Metrics
@@ -61,8 +62,9 @@ class Runtime:
     async def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Wait until no call is in progress; False if `timeout_s` passed first."""
         try:
-            await asyncio.wait_for(self._idle().wait(), timeout_s)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout_s):
+                await self._idle().wait()
+        except TimeoutError:
             return False
         return True
 
@@ -90,6 +92,8 @@ def make_app(
     """The bridge as an aiohttp application. `genai_client` defaults to `genai.Client()` (the SDK's own
     environment: key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE); `rest` to TwilioRest from the settings."""
     settings.check()
+    # Design the resampler filters now (cached per rate pair), not on the event loop during the first call.
+    InboundTranscoder(), OutboundTranscoder()
     registry = all_tools(agent)
     runtime = Runtime(settings, agent)
     metrics = Metrics()
@@ -103,6 +107,7 @@ def make_app(
         reconnect_attempts=settings.reconnect_attempts,
         observers=[metrics.observer, *observers],
         metrics=metrics,
+        log_caller_numbers=settings.log_caller_numbers,
         recorder_factory=_recorder_factory(settings),
         executor=ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="phonebridge-tool"),
     )

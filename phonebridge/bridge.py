@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from concurrent.futures import Executor
@@ -80,7 +81,9 @@ class CallServices:
         executor: Executor | None = None,
         recorder_factory: Callable[[twilio.Start], Recorder] | None = None,
         metrics: Metrics | None = None,
+        log_caller_numbers: bool = False,
     ) -> None:
+        self.log_caller_numbers = log_caller_numbers
         self.metrics = metrics
         self.recorder_factory = recorder_factory
         self.agent, self.registry, self.genai_client = agent, registry, genai_client
@@ -98,6 +101,10 @@ class Recorder(Protocol):
     def record(self, kind: str, payload: Any) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+def _call_key(call: types.FunctionCall) -> str:
+    return f"{call.name}:{json.dumps(call.args or {}, sort_keys=True, default=str)}"
 
 
 class CallSession:
@@ -118,11 +125,15 @@ class CallSession:
         self._ended = asyncio.Event()
         self._stream_sid = ""
         self._hold_task: asyncio.Task[None] | None = None
+        self._hold_stopper: asyncio.Task[None] | None = None
+        self._tool_batches = 0  # toolCalls whose handlers are still running
         self._model_spoke = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
         self._partial = {"caller": "", "agent": ""}
         self._sent_first_audio = False
         self._recorder: Recorder | None = None
+        # Results by (name, arguments) for calls the model may re-issue after a connection switch.
+        self._tool_results: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
     # -- the Twilio side (the handler's task) ------------------------------------------------------------
@@ -174,7 +185,6 @@ class CallSession:
         if not self._ours(event):
             return
         started = time.perf_counter()
-        self.stats.lost_frames += self._seq.observe(event.sequence_number)
         self.stats.frames_in += 1
         if self._link is not None:
             pcm = self._inbound.process(event.payload)
@@ -221,7 +231,11 @@ class CallSession:
             tap=self._recorder.record if self._recorder is not None else None,
             on_reconnect=lambda cause: self._emit("reconnect", cause=cause),
         )
-        self._log.info("call started (stream %s, %s)", event.stream_sid, params.get("Direction", "inbound"))
+        if self._svc.log_caller_numbers:
+            self._log.info("call started (stream %s, %s, from %s to %s)", event.stream_sid,
+                           params.get("Direction", "inbound"), params.get("From", "?"), params.get("To", "?"))
+        else:
+            self._log.info("call started (stream %s, %s)", event.stream_sid, params.get("Direction", "inbound"))
         self._emit("call_start", call_sid=event.call_sid, stream_sid=event.stream_sid, parameters=params)
         self._spawn(self._run_model(self._link))
 
@@ -244,6 +258,8 @@ class CallSession:
         if event.stream_sid != self._stream_sid:
             self._ignore(f"{type(event).__name__.lower()} for another stream {event.stream_sid!r}")
             return False
+        # Twilio numbers every event of the stream in one sequence (media, mark, dtmf, stop).
+        self.stats.lost_frames += self._seq.observe(event.sequence_number)
         return True
 
     def _bad_frame(self, exc: TwilioProtocolError) -> None:
@@ -366,19 +382,58 @@ class CallSession:
         for call in event.calls:
             self._emit("tool_call", id=call.id, name=call.name, args=dict(call.args or {}))
         self._model_spoke.clear()
+        if self._hold_stopper is not None:  # a chained call: the hold sound goes on
+            self._hold_stopper.cancel()
+            self._hold_stopper = None
+        self._tool_batches += 1
         self._spawn(self._answer_tools(event.calls))
 
     async def _answer_tools(self, calls: Sequence[types.FunctionCall]) -> None:
+        """Run the calls and send their responses, exactly once per call the model is waiting for.
+
+        If the model connection changes while handlers run, the new connection resumed from before these calls
+        and the model issues them again with new ids: the responses are not sent on the wrong connection but
+        kept, and a re-issued call with the same name and arguments gets the kept (or still running) result
+        instead of running the handler twice.
+        """
         assert self._dispatcher is not None and self._link is not None
-        hold = asyncio.get_running_loop().call_later(self._svc.agent.hold_sound_after_s, self._start_hold)
+        generation = self._link.connections
+        loop = asyncio.get_running_loop()
+        fresh: list[types.FunctionCall] = []
+        shared: list[tuple[types.FunctionCall, asyncio.Future[dict[str, Any]]]] = []
+        for call in calls:
+            key = _call_key(call)
+            if key in self._tool_results:
+                shared.append((call, self._tool_results[key]))
+            else:
+                self._tool_results[key] = loop.create_future()
+                fresh.append(call)
+        hold = loop.call_later(self._svc.agent.hold_sound_after_s, self._start_hold)
         try:
-            responses = await self._dispatcher.dispatch(calls)
+            answered = {r.id: r for r in await self._dispatcher.dispatch(fresh)}
+            for call in fresh:
+                future = self._tool_results[_call_key(call)]
+                if call.id in answered:
+                    future.set_result(answered[call.id].response or {})
+                else:  # cancelled: nobody gets an answer for it
+                    future.cancel()
+                    del self._tool_results[_call_key(call)]
+            for call, future in shared:
+                with contextlib.suppress(asyncio.CancelledError):
+                    answered[call.id] = types.FunctionResponse(id=call.id, name=call.name, response=await future)
         finally:
             hold.cancel()
+            self._tool_batches -= 1
+        if self._link.connections != generation:
+            self._log.warning("model connection changed while tools ran: results kept for the re-issued calls")
+            return
+        for call in calls:
+            self._tool_results.pop(_call_key(call), None)
+        responses = [answered[c.id] for c in calls if c.id in answered]
         if responses and not await self._link.send_tool_response(responses):
             self._log.warning("tool responses %s were lost with the model connection", [r.id for r in responses])
-        if self._hold_task is not None:
-            self._spawn(self._stop_hold_later())
+        if self._hold_task is not None and self._tool_batches == 0:
+            self._hold_stopper = self._spawn(self._stop_hold_later())
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
         if self._recorder is not None:
@@ -408,8 +463,9 @@ class CallSession:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
 
     async def _stop_hold_later(self) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._model_spoke.wait(), HOLD_AFTER_RESPONSE_MAX_S)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(HOLD_AFTER_RESPONSE_MAX_S):
+                await self._model_spoke.wait()
         self._model_spoke.set()
         self._hold_task = None
 

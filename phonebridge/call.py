@@ -115,9 +115,11 @@ class CallState:
         """The caller barged in: clear Twilio's buffer and write off everything queued for this turn."""
         if self.cut:
             return []
-        self.cut = True
         if not self.speaking:
+            # Nothing of this turn was sent: nothing to cut, and a stray `interrupted` (no turnComplete after
+            # it) must not silence the next turn.
             return [SendClear()] if self._marks else []
+        self.cut = True
         heard = self._estimate_heard(now)
         self.barge_ins.append(BargeIn(self.turn, self._turn_sent, heard))
         self._written_off.update(self._marks)

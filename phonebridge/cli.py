@@ -77,15 +77,16 @@ async def serve(agent: object, settings: object, host: str, port: int, *, reuse_
 
     assert isinstance(agent, Agent) and isinstance(settings, Settings)
     app = make_app(settings, agent)
+    # Signal handlers first: the process is never serving without its drain on SIGTERM.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
     await site.start()
     log.info("phonebridge serving %s on http://%s:%d (pid %d)", agent.model, host, port, os.getpid())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     remaining = await drain(app, settings.drain_timeout_s)
     if remaining:

@@ -23,7 +23,9 @@ from google.genai import types
 
 from phonebridge.agent import Agent
 from phonebridge.errors import ModelUnavailable
-from phonebridge.model_events import GoAway, ModelEvent, ResumptionUpdate, TurnComplete, translate
+from phonebridge.model_events import (
+    AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, translate,
+)
 
 AUDIO_MIME = "audio/pcm;rate=16000"
 # Caller audio held while the model connection switches: 2 s of 16 kHz PCM in 20 ms frames.
@@ -107,6 +109,7 @@ class LiveLink:
         self._held: deque[bytes] = deque(maxlen=HELD_FRAMES)
         self._history: list[types.Content] = []
         self._switch_due: float | None = None
+        self._mid_turn = False
         self.ready = asyncio.Event()
         self.connections = 0
         self.reconnects: dict[str, int] = {}
@@ -206,22 +209,32 @@ class LiveLink:
             finally:
                 self._session = None
                 self.ready.clear()
+            await self._abandon_turn()
             if not self._closing and cause != "start":
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
                 if self._on_reconnect is not None:
                     self._on_reconnect(cause)
+
+    async def _abandon_turn(self) -> None:
+        """A connection ended mid-turn: the rest of that turn will never come (the new connection resumes from
+        the last turn boundary), so the call treats it as cut, like a barge-in, and nothing of it is heard twice."""
+        if self._mid_turn and not self._closing:
+            self._mid_turn = False
+            self._log.info("the model's turn was cut by the connection switch")
+            await self._sink(Interrupted())
+            await self._sink(TurnComplete())
 
     async def _connect(self, stack: contextlib.AsyncExitStack, cause: str) -> Any:
         seed = self._handle is None and bool(self._history)
         config = build_config(self._agent, self._declarations, resume_handle=self._handle, seed_history=seed)
         started = time.monotonic()
         try:
-            session = await asyncio.wait_for(
-                stack.enter_async_context(self._client.aio.live.connect(model=self._agent.model, config=config)),
-                self._connect_timeout_s,
-            )
+            async with asyncio.timeout(self._connect_timeout_s):
+                session = await stack.enter_async_context(
+                    self._client.aio.live.connect(model=self._agent.model, config=config)
+                )
         except genai_errors.APIError as exc:
-            if exc.code in _REFUSED and not self._handle:
+            if exc.code in _REFUSED and not self._handle and not self.connections:
                 raise ModelUnavailable(f"the model refused the session: {exc.code} {exc.message or exc}") from exc
             raise
         if self._tap is not None:
@@ -245,19 +258,33 @@ class LiveLink:
         return session
 
     async def _receive(self, session: Any) -> str:
-        """Deliver events until this connection should be replaced; return why."""
-        while not self._closing:
-            async for message in session.receive():
-                if self._tap is not None:
-                    self._tap("model_in", message)
-                for event in translate(message):
-                    await self._observe(event)
-                    await self._sink(event)
-                if self._switch_due is not None and (self._resumable or time.monotonic() >= self._switch_due):
-                    return "go_away"
+        """Deliver events until this connection should be replaced; return why.
+
+        After a goAway the switch happens at the next resumable point (nothing is lost or said twice), or at
+        the deadline even if the model is quiet, whichever comes first.
+        """
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(None) as deadline:
+            while not self._closing:
+                async for message in session.receive():
+                    if self._tap is not None:
+                        self._tap("model_in", message)
+                    for event in translate(message):
+                        await self._observe(event)
+                        await self._sink(event)
+                    if self._switch_due is not None:
+                        if self._resumable:
+                            return "go_away"
+                        deadline.reschedule(loop.time() + max(0.0, self._switch_due - time.monotonic()))
+        if deadline.expired():
+            return "go_away"
         return "closed"
 
     async def _observe(self, event: ModelEvent) -> None:
+        if isinstance(event, (AudioOut, OutputText, ToolCalls)):
+            self._mid_turn = True
+        elif isinstance(event, TurnComplete):
+            self._mid_turn = False
         if isinstance(event, ResumptionUpdate):
             self._resumable = event.resumable
             if event.resumable and event.handle:
@@ -266,8 +293,6 @@ class LiveLink:
             # Switch at the next resumable point, or with a margin before the server's deadline.
             self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)
             self._log.info("model goAway: %.1f s left; switching connections", event.time_left_s)
-        elif isinstance(event, TurnComplete):
-            pass
 
 
 def _cause(exc: BaseException) -> str:

@@ -152,8 +152,9 @@ class CallRecorder:
     async def _write_loop(self) -> None:
         try:
             while not self._closing.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._closing.wait(), self._interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._interval):  # not wait_for: it can swallow a cancel on 3.11
+                        await self._closing.wait()
                 await self._write_batch(final=False)
             await self._write_batch(final=True)
         finally:

@@ -458,10 +458,6 @@ async def test_a_blocked_sync_handler_neither_stalls_other_calls_nor_delays_shut
     assert [s.outcome for s in h.runtime.finished] == ["caller_hung_up", "caller_hung_up"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bridge bug: the _stop_hold_later spawned after the first tool response is not cancelled by the next "
-    "toolCall, so it stops the hold sound HOLD_AFTER_RESPONSE_MAX_S later while the second handler still runs"
-))
 async def test_hold_sound_goes_on_through_a_second_slow_tool_call_that_follows_at_once(monkeypatch):
     # The bridge gives the model HOLD_AFTER_RESPONSE_MAX_S after a tool response to speak before it stops the
     # hold sound; shortened here so that the test is quick. The model chains a second slow call instead.

@@ -328,8 +328,11 @@ class TwilioCaller:
                 continue
             now = self._now()
             target = min(now + FRAME_SECONDS, drain, math.inf if mark_due is None else mark_due)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that lands as the event
+            # fires, leaving this task alive after close().
             try:
-                await asyncio.wait_for(self._wake_player.wait(), max(0.0, target - now) / self.speed)
+                async with asyncio.timeout(max(0.0, target - now) / self.speed):
+                    await self._wake_player.wait()
             except TimeoutError:
                 await self.tick()
 
@@ -395,4 +398,5 @@ class TwilioCaller:
 
     async def closed(self, timeout: float = 10.0) -> None:
         """Return once the socket is closed (``closed_by_server`` and ``close_code`` say how)."""
-        await asyncio.wait_for(self._closed.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._closed.wait()
