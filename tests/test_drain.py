@@ -22,7 +22,13 @@ import pytest
 from phonebridge.config import DEFAULT_BUSY_SAY
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL
 from phonebridge.testing.live_emulator import LiveEmulator
-from phonebridge.testing.live_script import Hear, Say, Script, WaitForCaller, WaitForText
+from phonebridge.testing.live_script import (
+    Hear,
+    Say,
+    Script,
+    WaitForCaller,
+    WaitForText,
+)
 from phonebridge.testing.twilio_caller import CallRejected, TwilioCaller
 
 pytestmark = pytest.mark.timeout(60)
@@ -48,29 +54,34 @@ class Server:
         self.proc, self.port, self.url = proc, port, f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
 
+    async def _next_line(self) -> str | None:
+        assert self.proc.stderr is not None
+        raw = await self.proc.stderr.readline()
+        if not raw:
+            return None
+        line = raw.decode(errors="replace").rstrip()
+        try:
+            line = json.loads(line)["msg"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        self.lines.append(line)
+        return line
+
     async def wait_log(self, fragment: str, timeout: float = 20.0) -> str:
         """The first log message (from the start) containing `fragment`."""
         async with asyncio.timeout(timeout):
-            index = 0
-            while True:
-                while index < len(self.lines):
-                    if fragment in self.lines[index]:
-                        return self.lines[index]
-                    index += 1
-                assert self.proc.stderr is not None
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    raise AssertionError(f"server exited before logging {fragment!r}:\n" + "\n".join(self.lines))
-                line = raw.decode(errors="replace").rstrip()
-                try:
-                    line = json.loads(line)["msg"]
-                except (ValueError, KeyError, TypeError):
-                    pass
-                self.lines.append(line)
+            for line in self.lines:
+                if fragment in line:
+                    return line
+            while (line := await self._next_line()) is not None:
+                if fragment in line:
+                    return line
+        raise AssertionError(f"server exited before logging {fragment!r}:\n" + "\n".join(self.lines))
 
     async def exit_code(self, timeout: float = 20.0) -> int:
+        """Read the log to its end (the pipe must not fill), then the exit status."""
         async with asyncio.timeout(timeout):
-            while await self.proc.stderr.readline():  # type: ignore[union-attr]  # keep the pipe drained
+            while await self._next_line() is not None:
                 pass
             return await self.proc.wait()
 
@@ -170,11 +181,6 @@ async def test_when_the_last_call_ends_during_drain_the_process_exits_0_without_
             await server.proc.wait()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.serve logs 'phonebridge serving' and only then installs its SIGTERM/SIGINT handlers: a SIGTERM in "
-    "that window (an orchestrator stopping a pod that just came up) kills the process with -15, no drain. "
-    "Fix in phonebridge/cli.py serve(): create `stop` and call loop.add_signal_handler(...) before "
-    "runner.setup()/site.start(), so the process is never serving without them."))
 async def test_sigterm_right_after_serving_is_announced_exits_0(tmp_path, emulator):
     server = await start_server(tmp_path, emulator, drain_timeout_s=600)
     server.proc.send_signal(signal.SIGTERM)

@@ -1,0 +1,85 @@
+"""Memory limits: every per-call buffer is bounded, and a stalled Twilio socket cannot grow memory.
+
+A stalled Twilio leg (it stops reading) must push back on the model connection instead of piling the
+agent's audio up in the bridge: the bridge awaits each send, aiohttp waits for the socket to drain, so
+the model's turn simply cannot finish until the caller reads again. The one place that holds audio on
+purpose (caller audio while the model connection switches) is a fixed-size ring.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+import aiohttp
+from google import genai
+
+from phonebridge.agent import Agent
+from phonebridge.model import HELD_FRAMES, LiveLink
+from phonebridge.testing.harness import BridgeHarness
+from phonebridge.testing.live_script import Say, Script, WaitForText
+from tests.test_hostile import CONNECTED, media_socket_headers, start_frame
+
+RCVBUF = 16 * 1024
+
+
+def make_agent() -> Agent:
+    return Agent(instructions="You are a test agent.", greeting="Greet the caller.")
+
+
+async def test_caller_audio_held_during_a_model_switch_is_a_fixed_size_ring():
+    async def sink(event: Any) -> None:
+        raise AssertionError("no event expected")
+
+    link = LiveLink(genai.Client(api_key="unused"), make_agent(), [], sink,
+                    logger=logging.LoggerAdapter(logging.getLogger("test"), {}))
+    frame = b"\x00\x01" * 320
+    for _ in range(HELD_FRAMES * 10):  # 20 s of caller audio with no model connection
+        await link.send_audio(frame)
+    assert link.held_dropped == HELD_FRAMES * 9
+    assert HELD_FRAMES == 100  # 2 s of 20 ms frames: the documented bound
+
+
+def small_receive_buffer(addr_info: Any) -> socket.socket:
+    """The stalled caller's socket: a small fixed receive buffer (no autotuning), like a slow mobile peer."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    return sock
+
+
+async def test_a_stalled_twilio_socket_pushes_back_on_the_model_instead_of_buffering_the_turn():
+    seconds = 400.0  # over 4 MB of Twilio JSON: more than loopback socket buffers absorb (autotuned to ~4 MB)
+    total_frames = round(seconds / 0.02)
+    script = Script([WaitForText(), Say("A very long story. " * 20, seconds=seconds, chunk_ms=1000)])
+    async with BridgeHarness(make_agent(), script) as h:
+        connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            ws = await session.ws_connect(h.server_url + "/twilio/media", headers=media_socket_headers())
+            await ws.send_str(json.dumps(CONNECTED))
+            await ws.send_str(json.dumps(start_frame()))
+            # ...and never read: the caller is stalled.
+            conv_ready = await h.emulator.wait_until(lambda: bool(h.emulator.conversations), 10)
+            assert conv_ready
+            conv = h.emulator.conversations[0]
+            # The model finishes sending the whole turn (kernel buffers on the model side absorb it)...
+            await h.emulator.wait_for(lambda: conv.turns_spoken == 1, timeout=30)
+            session_ = next(iter(h.runtime.active.values()))
+            sent_while_stalled = session_.stats.frames_out
+            # ...but the bridge has forwarded only what the stalled socket's buffers took: it awaits each send
+            # rather than queueing the rest (about 13,000 frames = 4 MB on this machine's loopback).
+            assert sent_while_stalled < total_frames * 3 // 4
+            # The caller reads again: the whole turn arrives, nothing was lost or reordered.
+            media = 0
+            async for message in ws:
+                if message.type == aiohttp.WSMsgType.TEXT and '"media"' in message.data:
+                    media += 1
+                if media == total_frames:
+                    break
+            await ws.close()
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.frames_out == total_frames + 1  # the resampler's flushed tail is one short last frame
+    print(f"frames sent while stalled: {sent_while_stalled} of {total_frames}")
