@@ -39,6 +39,7 @@ from phonebridge.tools import ToolDispatcher, ToolOutcome, ToolRegistry
 log = logging.getLogger("phonebridge.call")
 HOLD_FRAME_S = 0.02
 HOLD_AFTER_RESPONSE_MAX_S = 5.0
+MAX_KEPT_RESULTS = 32
 
 
 @dataclass
@@ -397,7 +398,7 @@ class CallSession:
         instead of running the handler twice.
         """
         assert self._dispatcher is not None and self._link is not None
-        generation = self._link.connections
+        epoch = self._link.epoch
         loop = asyncio.get_running_loop()
         fresh: list[types.FunctionCall] = []
         shared: list[tuple[types.FunctionCall, asyncio.Future[dict[str, Any]]]] = []
@@ -424,16 +425,21 @@ class CallSession:
         finally:
             hold.cancel()
             self._tool_batches -= 1
-        if self._link.connections != generation:
+        responses = [answered[c.id] for c in calls if c.id in answered]
+        if self._link.epoch != epoch or (responses and not await self._link.send_tool_response(responses)):
+            # The model resumes from before these calls and will issue them again: keep the results.
             self._log.warning("model connection changed while tools ran: results kept for the re-issued calls")
+            self._forget_old_results()
             return
         for call in calls:
             self._tool_results.pop(_call_key(call), None)
-        responses = [answered[c.id] for c in calls if c.id in answered]
-        if responses and not await self._link.send_tool_response(responses):
-            self._log.warning("tool responses %s were lost with the model connection", [r.id for r in responses])
         if self._hold_task is not None and self._tool_batches == 0:
             self._hold_stopper = self._spawn(self._stop_hold_later())
+
+    def _forget_old_results(self) -> None:
+        # Bounded: results nobody asked for again are dropped, oldest first.
+        while len(self._tool_results) > MAX_KEPT_RESULTS:
+            self._tool_results.pop(next(iter(self._tool_results)))
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
         if self._recorder is not None:

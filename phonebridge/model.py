@@ -32,6 +32,8 @@ AUDIO_MIME = "audio/pcm;rate=16000"
 HELD_FRAMES = 100
 # A connection that lived this long had recovered; its loss starts a fresh count of attempts.
 STABLE_CONNECTION_S = 5.0
+# How long closing an abandoned connection may take before we move on without it.
+CLOSE_GRACE_S = 0.5
 # Close codes after which resuming with the same handle is pointless.
 _REFUSED = (1007, 1008)
 
@@ -112,6 +114,7 @@ class LiveLink:
         self._mid_turn = False
         self.ready = asyncio.Event()
         self.connections = 0
+        self.epoch = 0  # rises whenever a connection ends: what was asked on an older one is void
         self.reconnects: dict[str, int] = {}
         self.held_dropped = 0
 
@@ -183,15 +186,18 @@ class LiveLink:
         cause = "start"
         while not self._closing:
             connected_at: float | None = None
+            stack = contextlib.AsyncExitStack()
             try:
-                async with contextlib.AsyncExitStack() as stack:
-                    session = await self._connect(stack, cause)
-                    connected_at = time.monotonic()
-                    cause = await self._receive(session)
-                    failures = 0
+                session = await self._connect(stack, cause)
+                connected_at = time.monotonic()
+                cause = await self._receive(session)
+                failures = 0
+                await self._close_connection(stack)
             except ModelUnavailable:
+                await self._close_connection(stack)
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the connection is decided below
+                await self._close_connection(stack)
                 if self._closing:
                     return
                 # A connection that dies at once does not count as recovered: the attempts stay bounded.
@@ -214,6 +220,17 @@ class LiveLink:
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
                 if self._on_reconnect is not None:
                     self._on_reconnect(cause)
+
+    async def _close_connection(self, stack: contextlib.AsyncExitStack) -> None:
+        """Close the SDK session without waiting long: a dead socket's close handshake would otherwise hold
+        the reconnection for websockets' close timeout (10 s of silence for the caller)."""
+        self._session = None
+        self.epoch += 1
+        try:
+            async with asyncio.timeout(CLOSE_GRACE_S):
+                await stack.aclose()
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - the connection is being abandoned anyway
+            self._log.debug("model connection closed uncleanly: %r", exc)
 
     async def _abandon_turn(self) -> None:
         """A connection ended mid-turn: the rest of that turn will never come (the new connection resumes from

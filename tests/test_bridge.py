@@ -190,6 +190,8 @@ async def test_model_failing_at_start_ends_the_call_cleanly_with_a_logged_reason
         async with h.caller() as caller:
             await caller.closed(timeout=20)
             assert caller.closed_by_server
+            # Closing the stream makes Twilio run what follows <Connect>: an apology, not silence.
+            assert "</Connect><Say>Sorry, our assistant can't take your call right now." in caller.twiml
         await h.wait_idle()
     assert h.runtime.finished[-1].outcome == "model_unavailable"
     assert "model is unreachable" in caplog.text

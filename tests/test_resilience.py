@@ -1,0 +1,171 @@
+"""Calls that never drop: goAway rotations, abrupt drops, refused resumption, tool calls across a switch,
+and a 60-minute call in emulator time. Real bridge, real SDK, LiveEmulator fault injection; no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from phonebridge.agent import Agent
+from phonebridge.testing.harness import BridgeHarness
+from phonebridge.testing.live_emulator import LiveEmulator
+from phonebridge.testing.live_script import (
+    CallTools, GoAway, Hear, Pause, Say, Script, ToolCallSpec, WaitForCaller, WaitForText,
+)
+from phonebridge.testing.speech import synth_speech
+
+SPEECH = synth_speech("I would like to know more please", 8000)
+
+
+def make_agent(**kwargs) -> Agent:
+    return Agent(instructions="You are a test agent.", greeting="Greet the caller.", **kwargs)
+
+
+async def speak(caller) -> None:
+    await caller.say(SPEECH)
+    await caller.silence(0.5)  # end of the caller's turn for the model's VAD
+
+
+class _NoConversation:
+    turns_spoken = 0
+    audio_bytes_in = 0
+
+
+def connected(h: BridgeHarness, count: int) -> bool:
+    """`count` connections whose setup has been handled (attached to a conversation, or refused)."""
+    conns = h.emulator.connections
+    return len(conns) >= count and (conns[count - 1].conversation is not None or conns[count - 1].close_code is not None)
+
+
+def conv(h: BridgeHarness):
+    """The first conversation (a stand-in with nothing done before it exists, for wait predicates)."""
+    return h.emulator.conversations[0] if h.emulator.conversations else _NoConversation()
+
+
+async def test_go_away_switches_to_a_resumed_connection_and_the_call_goes_on():
+    script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Hear("question"), Say("An answer.")])
+    async with BridgeHarness(make_agent(), script) as h:
+        async with h.caller(continuous=False) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            first = h.emulator.connections[0]
+            await first.go_away(10.0)
+            await h.emulator.wait_for(lambda: connected(h, 2))
+            second = h.emulator.connections[1]
+            assert second.resumed_from is not None and second.resumed_from.startswith("emu-0-")
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+            # Every byte of caller audio the bridge produced reached the model, across both connections.
+            sent = h.runtime.active and next(iter(h.runtime.active.values())).stats.frames_in
+            assert conv(h).audio_bytes_in == sent * 640
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.outcome == "caller_hung_up"
+    assert [who for _, who, _ in stats.transcript] == ["agent", "caller", "agent"]
+    assert first.close_code is not None
+    h.emulator.check()
+
+
+async def test_an_abrupt_drop_reconnects_with_the_handle():
+    script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Hear("question"), Say("An answer.")])
+    async with BridgeHarness(make_agent(), script) as h:
+        async with h.caller(continuous=False) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            await h.emulator.connections[0].drop()
+            await h.emulator.wait_for(lambda: connected(h, 2))
+            assert h.emulator.connections[1].resumed_from is not None
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+            assert not caller.closed_by_server
+        await h.wait_idle()
+    assert h.runtime.finished[-1].outcome == "caller_hung_up"
+    assert len(h.emulator.conversations) == 1
+    h.emulator.check()
+
+
+async def test_refused_resumption_opens_a_fresh_session_seeded_with_the_conversation():
+    scripts = iter([
+        Script([WaitForText(), Say("Welcome to the shop."), WaitForCaller(), Hear("Do you sell bread?"),
+                Say("Yes, we bake every morning.")], name="first"),
+        Script([WaitForCaller(), Hear("Still there?"), Say("Yes, sorry, where were we?")], name="seeded"),
+    ])
+    emulator = LiveEmulator(lambda setup: next(scripts), speed=math.inf, resumption_handle_ttl_s=0.0)
+    async with BridgeHarness(make_agent(), emulator=emulator) as h:
+        async with h.caller(continuous=False) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+            await h.emulator.connections[0].drop()
+            # The expired handle is refused (1007); the bridge then starts over with the transcript.
+            await h.emulator.wait_for(lambda: len(h.emulator.conversations) == 2, timeout=15)
+            seeded = h.emulator.conversations[1].connections[0]
+            await h.emulator.wait_for(lambda: any(r.kind == "client_content" for r in seeded.received))
+            assert seeded.setup["historyConfig"] == {"initialHistoryInClientContent": True}
+            (history,) = [r.message for r in seeded.received if r.kind == "client_content"]
+            turns = history["clientContent"]["turns"]
+            assert [(t["role"], t["parts"][0]["text"]) for t in turns] == [
+                ("model", "Welcome to the shop."), ("user", "Do you sell bread?"),
+                ("model", "Yes, we bake every morning."),
+            ]
+            await speak(caller)
+            await h.emulator.wait_for(lambda: h.emulator.conversations[1].turns_spoken == 1)
+        await h.wait_idle()
+    assert h.runtime.finished[-1].outcome == "caller_hung_up"
+    refused = [c for c in h.emulator.connections if c.close_code == 1007]
+    assert len(refused) == 1
+
+
+async def test_a_tool_call_open_across_a_drop_is_answered_once_and_its_handler_runs_once():
+    agent = make_agent()
+    release, started = asyncio.Event(), asyncio.Event()
+    runs: list[str] = []
+
+    @agent.tool
+    async def book(day: str) -> dict:
+        """Book a table."""
+        runs.append(day)
+        started.set()
+        await release.wait()
+        return {"booked": day}
+
+    script = Script([WaitForText(), Say("Hello."), CallTools((ToolCallSpec("book", {"day": "friday"}),)),
+                     Say("You are booked.")])
+    async with BridgeHarness(agent, script) as h:
+        async with h.caller(continuous=False):
+            await asyncio.wait_for(started.wait(), 10)
+            await h.emulator.connections[0].drop()
+            # The resumed connection re-issues the call with a new id while the handler still runs.
+            await h.emulator.wait_for(lambda: connected(h, 2))
+            await h.emulator.wait_for(lambda: any(r.kind == "tool_call" for r in h.emulator.connections[1].sent))
+            release.set()
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+        await h.wait_idle()
+    assert runs == ["friday"]  # the handler ran once
+    responses = conv(h).tool_responses
+    assert [(r.name, r.response) for r in responses] == [("book", {"booked": "friday"})]
+    reissued = [r for r in h.emulator.connections[1].sent if r.kind == "tool_call"]
+    assert responses[0].id == reissued[0].message["toolCall"]["functionCalls"][0]["id"]
+    assert not [r for r in h.emulator.connections[0].received if r.kind == "tool_response"]
+    h.emulator.check()
+
+
+async def test_a_sixty_minute_call_rotates_connections_and_loses_no_turn():
+    segment = [Pause(590.0), GoAway(10.0), WaitForCaller(), Hear("more"), Say("Here is more.")]
+    script = Script([WaitForText(), Say("Hello."), *segment], loop_from=2)
+    # 1000x: ten minutes of emulator time take 0.6 s.
+    async with BridgeHarness(make_agent(), script, speed=1000.0) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            for rotation in range(1, 7):
+                await h.emulator.wait_for(lambda: connected(h, rotation + 1), timeout=20)
+                await speak(caller)
+                await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1 + rotation, timeout=20)
+            assert not caller.closed_by_server
+        await h.wait_idle()
+    connections = h.emulator.connections
+    assert len(connections) >= 7 and len(h.emulator.conversations) == 1
+    # One resumption chain: every connection after the first resumed the same conversation.
+    assert all(c.resumed_from is not None for c in connections[1:])
+    stats = h.runtime.finished[-1]
+    assert stats.outcome == "caller_hung_up"
+    assert [who for _, who, _ in stats.transcript].count("agent") == 7
+    assert [who for _, who, _ in stats.transcript].count("caller") == 6
+    h.emulator.check()
