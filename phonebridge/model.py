@@ -10,6 +10,7 @@ service refuses the handle.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -38,6 +39,17 @@ CLOSE_GRACE_S = 0.5
 _REFUSED = (1007, 1008)
 
 EventSink = Callable[[ModelEvent], Awaitable[None]]
+
+
+def audio_message(pcm16k: bytes) -> str:
+    """Exactly what `session.send_realtime_input(audio=Blob(data, "audio/pcm;rate=16000"))` puts on the wire
+    (a test holds the two equal), built directly: the SDK's per-message pydantic conversion costs ~30 us a
+    frame, half of the bridge's per-call CPU. URL-safe base64, as the SDK sends bytes."""
+    return _AUDIO_HEAD + base64.urlsafe_b64encode(pcm16k).decode("ascii") + _AUDIO_TAIL
+
+
+_AUDIO_HEAD = '{"realtime_input": {"audio": {"data": "'
+_AUDIO_TAIL = '", "mime_type": "' + AUDIO_MIME + '"}}}'
 
 
 def build_config(
@@ -98,7 +110,9 @@ class LiveLink:
         backoff_s: float = 0.25,
         tap: Callable[[str, Any], None] | None = None,
         on_reconnect: Callable[[str], None] | None = None,
+        fast_audio: bool = True,
     ) -> None:
+        self._fast_audio = fast_audio
         self._on_reconnect = on_reconnect
         self._tap = tap  # sees every message both ways (the call's recorder)
         self._client, self._agent, self._declarations = client, agent, list(declarations)
@@ -130,7 +144,12 @@ class LiveLink:
         if self._tap is not None:
             self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": pcm16k}}})
         try:
-            await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
+            # The session's socket (a private SDK attribute) when present; the public method otherwise.
+            socket = getattr(session, "_ws", None) if self._fast_audio else None
+            if socket is not None:
+                await socket.send(audio_message(pcm16k))
+            else:
+                await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
         except Exception as exc:  # noqa: BLE001 - a dying connection: keep the audio for the next one
             self._log.debug("audio send failed, holding it for the next connection: %r", exc)
             self._held.append(pcm16k)

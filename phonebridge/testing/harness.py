@@ -21,9 +21,10 @@ from typing import Any
 
 from aiohttp import web
 from google import genai
+from google.genai import types
 
 from phonebridge.agent import Agent
-from phonebridge.app import RUNTIME, Runtime, make_app
+from phonebridge.app import NO_COMPRESSION, RUNTIME, Runtime, make_app
 from phonebridge.config import Settings
 from phonebridge.rest import TwilioRest
 from phonebridge.testing.live_emulator import LiveEmulator
@@ -89,9 +90,12 @@ class BridgeHarness:
             record_dir=self.record_dir,
         )
         # Live: the SDK's own environment (GEMINI_API_KEY, ...) reaches the real service.
-        client = genai.Client() if self.live else genai.Client(
-            api_key="emulator-key", http_options=self.emulator.http_options()
-        )
+        if self.live:
+            client = genai.Client(http_options=types.HttpOptions(async_client_args=dict(NO_COMPRESSION)))
+        else:
+            options = self.emulator.http_options()
+            options.async_client_args = {**(options.async_client_args or {}), **NO_COMPRESSION}
+            client = genai.Client(api_key="emulator-key", http_options=options)
         rest = TwilioRest(ACCOUNT_SID, AUTH_TOKEN, api_base=self.rest.api_base, backoff_s=0.01)
         self.app = make_app(settings, self.agent, genai_client=client, rest=rest, observers=self.observers)
         if self._app_setup is not None:
