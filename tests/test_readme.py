@@ -1,0 +1,18 @@
+"""The README's own example of testing an agent offline, kept runnable: if this fails, the README is wrong."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _example() -> str:
+    match = re.search(r"```python\n(from phonebridge.examples.pizzeria import agent.*?)```", README.read_text(), re.S)
+    assert match, "the README lost its offline-test example"
+    return match.group(1)
+
+
+async def test_the_readme_example_runs_as_written():
+    namespace: dict = {}
+    exec(compile(_example(), "README.md", "exec"), namespace)
+    await namespace["test_order_status"]()
