@@ -554,6 +554,8 @@ class CallSession:
 
     async def _shutdown(self) -> None:
         self._ended.set()
+        for who in ("caller", "agent"):  # words cut off by the end of the call still reach the log
+            self._flush_transcript(who, time.monotonic())
         if self._timer is not None:
             self._timer.cancel()
         if self._link is not None:
