@@ -172,8 +172,11 @@ async def slot(run: Run, index: int, slots: int) -> None:
 
 async def chaos(live: ChaosLive, run: Run, every_s: float) -> None:
     tasks: set[asyncio.Task[None]] = set()
-    while time.monotonic() < run.deadline:
-        await asyncio.sleep(run.rng.expovariate(1.0 / every_s))
+    while (left := run.deadline - time.monotonic()) > 0:
+        wait = run.rng.expovariate(1.0 / every_s)
+        await asyncio.sleep(min(wait, left))  # never outlive the run, however rare the faults
+        if wait > left:
+            break
         task = asyncio.ensure_future(live.fault(run.rng, run.tally.faults))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
