@@ -80,7 +80,7 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
-FINISHED_KEEP = 1000
+FINISHED_KEEP = 100  # recent calls' stats, for tests and the demo
 
 
 def make_app(

@@ -300,20 +300,24 @@ class LiveLink:
         the deadline even if the model is quiet, whichever comes first.
         """
         loop = asyncio.get_running_loop()
-        async with asyncio.timeout(None) as deadline:
-            while not self._closing:
-                async for message in session.receive():
-                    if self._tap is not None:
-                        self._tap("model_in", message)
-                    for event in translate(message):
-                        await self._observe(event)
-                        await self._sink(event)
-                    if self._switch_due is not None:
-                        if self._resumable:
-                            return "go_away"
-                        deadline.reschedule(loop.time() + max(0.0, self._switch_due - time.monotonic()))
-        if deadline.expired():
-            return "go_away"
+        deadline = asyncio.timeout(None)
+        try:
+            async with deadline:
+                while not self._closing:
+                    async for message in session.receive():
+                        if self._tap is not None:
+                            self._tap("model_in", message)
+                        for event in translate(message):
+                            await self._observe(event)
+                            await self._sink(event)
+                        if self._switch_due is not None:
+                            if self._resumable:
+                                return "go_away"
+                            deadline.reschedule(loop.time() + max(0.0, self._switch_due - time.monotonic()))
+        except TimeoutError:
+            if deadline.expired():  # the goAway deadline: a planned switch, not a failure
+                return "go_away"
+            raise
         return "closed"
 
     async def _observe(self, event: ModelEvent) -> None:

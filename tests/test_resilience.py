@@ -169,3 +169,28 @@ async def test_a_sixty_minute_call_rotates_connections_and_loses_no_turn():
     assert [who for _, who, _ in stats.transcript].count("agent") == 7
     assert [who for _, who, _ in stats.transcript].count("caller") == 6
     h.emulator.check()
+
+
+async def test_go_away_while_the_model_speaks_switches_at_the_deadline_and_cuts_the_turn_cleanly():
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from phonebridge.app import METRICS
+
+    long_answer = "This answer goes on and on while the server is about to go away. " * 3
+    script = Script([WaitForText(), Say(long_answer), WaitForCaller(), Hear("hello?"), Say("Sorry, go on.")])
+    async with BridgeHarness(make_agent(), script, speed=1.0) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            await h.emulator.wait_for(lambda: bool(h.emulator.connections) and any(
+                r.kind == "audio" for r in h.emulator.connections[0].sent))
+            # 2.5 s left: the bridge switches 2 s before the deadline although the model is mid-turn.
+            await h.emulator.connections[0].go_away(2.5)
+            await h.emulator.wait_for(lambda: connected(h, 2), timeout=10)
+            assert h.emulator.connections[0].close_code is None or h.emulator.connections[0].close_code != 1011
+            await caller.wait_for(lambda c: len(c.clears) == 1)  # the cut turn is cleared, not heard twice
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2, timeout=15)
+        await h.wait_idle()
+        body, _ = h.app[METRICS].render()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(body.decode()) for s in f.samples}
+    assert samples[("phonebridge_live_reconnects_total", (("cause", "go_away"),))] == 1.0
