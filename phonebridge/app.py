@@ -195,7 +195,10 @@ class _Handlers:
         }
         parameters["Direction"] = request.query.get("direction", parameters.get("Direction", "inbound"))
         fallback = _fallback(self._rt.settings)
-        return _xml(twiml.connect_stream(stream_url, parameters, fallback=fallback))
+        # Stream start/stop/error events come back to /twilio/status (signed like every webhook).
+        public = self._rt.settings.public_url
+        status = public.rstrip("/") + STATUS_PATH if public else None
+        return _xml(twiml.connect_stream(stream_url, parameters, status_callback=status, fallback=fallback))
 
     async def media(self, request: web.Request) -> web.StreamResponse:
         if not self._signed_upgrade(request):

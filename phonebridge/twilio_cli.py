@@ -44,6 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                       help="extra <Parameter> for the agent's CallContext.parameters (repeatable)")
     call.add_argument("--no-follow", dest="follow", action="store_false",
                       help="print the call SID and return instead of following the call's status")
+    call.add_argument("--agent", default=None, metavar="A",
+                      help="the agent the bridge runs (file or module): checked before dialling, so a broken agent "
+                           "never rings a phone; the running server answers with its own agent")
     call.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS", help="seconds between status checks")
     call.set_defaults(run=_run_call)
 
@@ -180,6 +183,10 @@ def _run_call(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     to = e164(args.number)
     from_ = args.from_ or _env_from()
+    if args.agent:
+        from phonebridge.agent import load_agent
+
+        load_agent(args.agent)  # a ConfigError here stops before any request is made
     return asyncio.run(place_call(
         make_rest(settings), settings, to, e164(from_, "--from"), extra=parse_params(args.param),
         follow=args.follow, poll_s=args.poll_interval,

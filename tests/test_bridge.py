@@ -47,6 +47,9 @@ async def test_greeting_is_prompted_by_realtime_text_and_heard_by_the_caller():
             conn = conv.connections[0]
             await caller.wait_for(lambda c: len(c.heard()) == len(agent_audio_as_heard(conn)))
             assert conn.texts() == ["Greet the caller."]
+            assert 'statusCallback="https://agent.example.com/twilio/status"' in caller.twiml
+            assert caller.parameters == {"CallSid": caller.call_sid, "From": caller.from_number,
+                                         "To": caller.to_number, "Direction": "inbound"}
             # Bit-exact: what the caller heard is the model's audio through our resampler and codec.
             assert caller.heard() == agent_audio_as_heard(conn)
             assert abs(caller.heard_seconds - len(synth_speech(GREETING, 24000)) / 48000) < 0.01

@@ -7,6 +7,7 @@ test moves the call through its statuses only after seeing the CLI poll, so ever
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
@@ -116,6 +117,16 @@ async def test_call_without_a_caller_id_or_public_url_is_refused_before_any_requ
     monkeypatch.delenv("PHONEBRIDGE_PUBLIC_URL")
     assert await run_cli("call", "+15550199", "--from", "+15550100") == 2
     assert "PHONEBRIDGE_PUBLIC_URL is not set" in capsys.readouterr().err
+    assert emulator.requests == []
+
+
+async def test_call_with_a_broken_agent_is_refused_before_any_request(
+    emulator: TwilioRestEmulator, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    broken = tmp_path / "agent.py"
+    broken.write_text("agent = 'not an Agent'\n")
+    assert await run_cli("call", "+15550199", "--from", "+15550100", "--agent", str(broken)) == 2
+    assert "has no Agent named 'agent'" in capsys.readouterr().err
     assert emulator.requests == []
 
 
