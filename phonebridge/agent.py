@@ -62,21 +62,21 @@ class Agent:
 
     @overload
     def tool(
-        self, *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+        self, /, *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
     ) -> Callable[[F], F]: ...
 
     def tool(
         self,
-        fn: F | None = None,
+        fn: Callable[..., Any] | None = None,
         /,
         *,
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
-    ) -> F | Callable[[F], F]:
+    ) -> Any:
         """Register a typed function (sync or async) as a tool the model may call."""
 
-        def register(f: F) -> F:
+        def register(f: Callable[..., Any]) -> Callable[..., Any]:
             self.tools.register(f, name=name, description=description, timeout_s=timeout_s)
             return f
 

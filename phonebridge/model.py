@@ -277,7 +277,8 @@ class LiveLink:
             self._tap("model_connect", {"cause": cause, "resumed": self._handle is not None, "seeded": seed,
                                         "config": config.model_dump(mode="json", exclude_none=True)})
         if seed:
-            await session.send_client_content(turns=self._history, turn_complete=True)
+            turns: list[types.Content | types.ContentDict] = list(self._history)
+            await session.send_client_content(turns=turns, turn_complete=True)
         self.connections += 1
         self._session = session
         self._switch_due = None

@@ -68,7 +68,7 @@ def make_spec(
     fn: Callable[..., Any], *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
 ) -> ToolSpec:
     """Validate fn as a tool (ConfigError if the model could not be told how to call it)."""
-    tool_name = name or getattr(fn, "__name__", "")
+    tool_name: str = name or str(getattr(fn, "__name__", ""))
     if not _TOOL_NAME.fullmatch(tool_name):
         raise ConfigError(f"tool name {tool_name!r}: use letters, digits, _ . : - (max 128, not a digit first)")
     if timeout_s is not None and timeout_s <= 0:

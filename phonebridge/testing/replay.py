@@ -62,7 +62,8 @@ async def replay_cassette(
         agent = agent_from_cassette(cassette)
     elif recorded_tools:
         agent = with_recorded_tools(agent, cassette)
-    result = ReplayResult(str(path), expected=conduct_of(cassette))
+    expected = conduct_of(cassette)
+    result = ReplayResult(str(path), expected=expected)
     if not cassette.complete:
         result.notes.append("the cassette has no end line: the recording was cut short")
     emulator = LiveEmulator(Script([], name="replay"), speed=math.inf, unknown_tool_response_close=None)
@@ -73,8 +74,9 @@ async def replay_cassette(
             driver = _Driver(cassette, emulator, caller, speed, step_timeout_s, result.notes)
             await driver.run()
             await harness.wait_idle(step_timeout_s)
-        result.actual = conduct_of(load_cassette(next(Path(out).glob("*.jsonl"))))
-    result.divergences = compare(result.expected, result.actual)
+        actual = conduct_of(load_cassette(next(Path(out).glob("*.jsonl"))))
+    result.actual = actual
+    result.divergences = compare(expected, actual)
     return result
 
 
