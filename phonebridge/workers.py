@@ -75,12 +75,12 @@ def run_worker(agent_spec: str, settings: Settings, host: str, port: int, log_le
     import asyncio
 
     from phonebridge.agent import load_agent
-    from phonebridge.cli import serve
+    from phonebridge.cli import run_loop, serve
     from phonebridge.logs import setup_logging
 
     setup_logging(log_level)
     agent = load_agent(agent_spec)
-    raise SystemExit(asyncio.run(serve(agent, settings, host, port, reuse_port=True)))
+    raise SystemExit(run_loop(serve(agent, settings, host, port, reuse_port=True)))
 
 
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
