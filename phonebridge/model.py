@@ -212,7 +212,8 @@ class LiveLink:
                 cause = await self._receive(session)
                 failures = 0
                 await self._close_connection(stack)
-            except ModelUnavailable:
+            except (ModelUnavailable, asyncio.CancelledError):
+                # Cancelled (the call is over) or given up: the SDK's connection context is still closed.
                 await self._close_connection(stack)
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of the connection is decided below

@@ -270,3 +270,16 @@ async def test_twenty_concurrent_calls_each_hear_only_their_own_agent():
             await c.hangup()
         await h.wait_idle(timeout=30)
     h.emulator.check()
+
+
+async def test_a_caller_who_answers_before_the_model_listens_is_still_heard():
+    # At infinite speed the caller's whole utterance can arrive before the emulator reaches WaitForCaller;
+    # like the real service's always-on VAD, the emulator still takes it as the caller's turn.
+    script = greeting_script(WaitForCaller(), Hear("fast"), Say("Got it."))
+    async with BridgeHarness(make_agent(), script) as h:
+        async with h.caller() as caller:
+            await caller.wait_heard(0.2)
+            await caller.say("I talk fast")
+            await caller.silence(0.5)
+            await h.emulator.wait_for(lambda: h.emulator.conversations[0].turns_spoken == 2)
+    h.emulator.check()

@@ -124,13 +124,16 @@ async def _pace(rt: Runtime, seconds: float) -> None:
 
 async def _wait_for_caller(rt: Runtime, conv: Conversation, step: WaitForCaller) -> None:
     detector = EnergyDetector(step.threshold_dbfs, step.min_speech_ms, step.end_silence_ms)
-    detector.feed(bytes(conv.recent_audio), conv.audio_rate)  # the caller may already be talking
-    detector.forget_finished()
+    # Like the real service's VAD, which listens all the time: an utterance the caller finished since the
+    # last one we consumed still counts, even if it ended before this step began (a fast caller).
+    detector.feed(bytes(conv.recent_audio), conv.audio_rate)
     conv.listeners.append(detector)
     try:
         heard = await rt.wait_until(lambda: detector.utterance_ended, step.timeout_s)
     finally:
         conv.listeners.remove(detector)
+    if heard:
+        conv.recent_audio.clear()  # consumed: the next WaitForCaller waits for new speech
     if not heard:
         conv.fail(f"the caller did not speak and stop within {step.timeout_s:g} s")
 

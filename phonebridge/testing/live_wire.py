@@ -216,8 +216,3 @@ class EnergyDetector:
         quiet = self.silence_ms >= self.end_silence_ms or self.stream_ended
         return self.speech_ms >= self.min_speech_ms and quiet
 
-    def forget_finished(self) -> None:
-        """Drop an utterance that already ended; keep one in progress (the caller may be mid-sentence)."""
-        if self.silence_ms >= self.end_silence_ms or self.stream_ended:
-            self.speech_ms = 0.0
-            self.stream_ended = False

@@ -135,15 +135,13 @@ def test_energy_detector_works_in_audio_time_whatever_the_chunking() -> None:
     assert ends[0][0] is True and ends[0][2] >= 350.0
 
 
-def test_energy_detector_forgets_short_noise_and_a_finished_utterance() -> None:
+def test_energy_detector_forgets_short_noise_and_ends_an_utterance() -> None:
     detector = wire.EnergyDetector(-40.0, 200.0, 300.0)
     click = synth_speech("tick", 16000, seconds=0.05)
     detector.feed(click + silence(0.3, 16000))
     assert (detector.speech_ms, detector.utterance_ended) == (0.0, False)
     detector.feed(synth_speech("a real sentence", 16000) + silence(0.3, 16000))
     assert detector.utterance_ended
-    detector.forget_finished()
-    assert not detector.utterance_ended
 
 
 def test_setup_checks_name_the_model_and_the_setting() -> None:
@@ -162,5 +160,3 @@ def test_end_of_stream_ends_an_utterance_without_trailing_silence() -> None:
     assert not detector.utterance_ended
     detector.end_of_stream()
     assert detector.utterance_ended
-    detector.forget_finished()
-    assert (detector.speech_ms, detector.stream_ended) == (0.0, False)
