@@ -7,11 +7,11 @@ Twilio REST) are made and closed in cleanup contexts.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,8 @@ from google.genai import types
 from phonebridge import twiml
 from phonebridge.agent import Agent
 from phonebridge.audio import InboundTranscoder, OutboundTranscoder
-from phonebridge.bridge import CallServices, CallSession, CallStats
+from phonebridge.bridge import CallSession
+from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
 from phonebridge.metrics import Metrics
 from phonebridge.signatures import SignatureChecker

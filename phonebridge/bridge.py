@@ -9,103 +9,51 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import time
-from concurrent.futures import Executor
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import WSMsgType, web
-from google import genai
-from google.genai import types
 
 from phonebridge import twilio
-from phonebridge.agent import Agent
 from phonebridge.audio import InboundTranscoder, OutboundTranscoder
-from phonebridge.call import Action, CallState, HangUp, SendClear, SendMark, SendMedia, Transfer
+from phonebridge.call import (
+    Action,
+    CallState,
+    HangUp,
+    SendClear,
+    SendMark,
+    SendMedia,
+    Transfer,
+)
+from phonebridge.call_services import CallServices, CallStats, Recorder
 from phonebridge.context import CallContext
 from phonebridge.errors import ModelUnavailable, TwilioProtocolError
-from phonebridge.hold import HoldSound
-from phonebridge.metrics import Metrics
 from phonebridge.model import LiveLink
 from phonebridge.model_events import (
-    AudioOut, GenerationComplete, GoAway, InputText, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls,
-    ToolCancel, TurnComplete, Usage,
+    AudioOut,
+    GenerationComplete,
+    GoAway,
+    InputText,
+    Interrupted,
+    ModelEvent,
+    OutputText,
+    ResumptionUpdate,
+    ToolCalls,
+    ToolCancel,
+    TurnComplete,
+    Usage,
 )
-from phonebridge.tools import ToolDispatcher, ToolOutcome, ToolRegistry
+from phonebridge.tool_calls import HoldPlayer, ToolCallRunner
+from phonebridge.tools import ToolDispatcher, ToolOutcome
 
 log = logging.getLogger("phonebridge.call")
-HOLD_FRAME_S = 0.02
-HOLD_AFTER_RESPONSE_MAX_S = 5.0
-MAX_KEPT_RESULTS = 32
 
 
-@dataclass
-class CallStats:
-    """What happened on one call: for the summary log line, metrics and tests."""
-
-    started: float = field(default_factory=time.monotonic)
-    call_sid: str = ""
-    outcome: str = "unknown"
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed: int = 0
-    ignored: int = 0
-    lost_frames: int = 0
-    dtmf: list[str] = field(default_factory=list)
-    turns: int = 0
-    barge_ins: int = 0
-    tool_calls: int = 0
-    hold_plays: int = 0
-    first_audio_s: float | None = None
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    transcript: list[tuple[float, str, str]] = field(default_factory=list)
-
-
-class CallServices:
-    """What every call of an app shares (immutable from a call's point of view)."""
-
-    def __init__(
-        self,
-        agent: Agent,
-        registry: ToolRegistry,
-        genai_client: Callable[[], genai.Client],
-        *,
-        hang_up: Callable[[str], Awaitable[Any]] | None = None,
-        transfer: Callable[[str, str], Awaitable[Any]] | None = None,
-        connect_timeout_s: float = 10.0,
-        reconnect_attempts: int = 5,
-        observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
-        executor: Executor | None = None,
-        recorder_factory: Callable[[twilio.Start], Recorder] | None = None,
-        metrics: Metrics | None = None,
-        log_caller_numbers: bool = False,
-    ) -> None:
-        self.log_caller_numbers = log_caller_numbers
-        self.metrics = metrics
-        self.recorder_factory = recorder_factory
-        self.agent, self.registry, self.genai_client = agent, registry, genai_client
-        # Sync handlers run here, not in the loop's default executor: a stuck handler can't starve others.
-        self.executor = executor
-        self.declarations: list[types.FunctionDeclaration] = registry.declarations()
-        self.hang_up, self.transfer = hang_up, transfer
-        self.connect_timeout_s, self.reconnect_attempts = connect_timeout_s, reconnect_attempts
-        self.observers = list(observers)
-
-
-class Recorder(Protocol):
-    """Where a call's wire traffic is written (phonebridge.recording): must never block or raise."""
-
-    def record(self, kind: str, payload: Any) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-def _call_key(call: types.FunctionCall) -> str:
-    return f"{call.name}:{json.dumps(call.args or {}, sort_keys=True, default=str)}"
+async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: str, call_sid: str) -> Any:
+    return await transfer(call_sid, target)
 
 
 class CallSession:
@@ -125,16 +73,12 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended = asyncio.Event()
         self._stream_sid = ""
-        self._hold_task: asyncio.Task[None] | None = None
-        self._hold_stopper: asyncio.Task[None] | None = None
-        self._tool_batches = 0  # toolCalls whose handlers are still running
-        self._model_spoke = asyncio.Event()
+        self._hold: HoldPlayer | None = None
+        self._tools: ToolCallRunner | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._partial = {"caller": "", "agent": ""}
         self._sent_first_audio = False
         self._recorder: Recorder | None = None
-        # Results by (name, arguments) for calls the model may re-issue after a connection switch.
-        self._tool_results: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
     # -- the Twilio side (the handler's task) ------------------------------------------------------------
@@ -224,6 +168,7 @@ class CallSession:
             executor=self._svc.executor,
             on_outcome=self._on_tool_outcome,
         )
+        self._hold = HoldPlayer(self._send_hold_frame, lambda: self.state.all_played, self._spawn, self._log)
         self._start_recording(event)
         self._link = LiveLink(
             self._svc.genai_client(), self._svc.agent, self._svc.declarations, self._on_model_event,
@@ -231,6 +176,9 @@ class CallSession:
             reconnect_attempts=self._svc.reconnect_attempts,
             tap=self._recorder.record if self._recorder is not None else None,
             on_reconnect=lambda cause: self._emit("reconnect", cause=cause),
+        )
+        self._tools = ToolCallRunner(
+            self._dispatcher, self._link, self._hold, self._svc.agent.hold_sound_after_s, self._spawn, self._log
         )
         if self._svc.log_caller_numbers:
             self._log.info("call started (stream %s, %s, from %s to %s)", event.stream_sid,
@@ -330,7 +278,8 @@ class CallSession:
         if self.state.cut:
             self.state.dropped_cut_bytes += len(pcm24k) // 6
             return
-        self._model_spoke.set()
+        if self._hold is not None:
+            self._hold.model_spoke()
         if not self._sent_first_audio:
             self._sent_first_audio = True
             self.stats.first_audio_s = now - self.stats.started
@@ -382,64 +331,8 @@ class CallSession:
         self._log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in event.calls))
         for call in event.calls:
             self._emit("tool_call", id=call.id, name=call.name, args=dict(call.args or {}))
-        self._model_spoke.clear()
-        if self._hold_stopper is not None:  # a chained call: the hold sound goes on
-            self._hold_stopper.cancel()
-            self._hold_stopper = None
-        self._tool_batches += 1
-        self._spawn(self._answer_tools(event.calls))
-
-    async def _answer_tools(self, calls: Sequence[types.FunctionCall]) -> None:
-        """Run the calls and send their responses, exactly once per call the model is waiting for.
-
-        If the model connection changes while handlers run, the new connection resumed from before these calls
-        and the model issues them again with new ids: the responses are not sent on the wrong connection but
-        kept, and a re-issued call with the same name and arguments gets the kept (or still running) result
-        instead of running the handler twice.
-        """
-        assert self._dispatcher is not None and self._link is not None
-        epoch = self._link.epoch
-        loop = asyncio.get_running_loop()
-        fresh: list[types.FunctionCall] = []
-        shared: list[tuple[types.FunctionCall, asyncio.Future[dict[str, Any]]]] = []
-        for call in calls:
-            key = _call_key(call)
-            if key in self._tool_results:
-                shared.append((call, self._tool_results[key]))
-            else:
-                self._tool_results[key] = loop.create_future()
-                fresh.append(call)
-        hold = loop.call_later(self._svc.agent.hold_sound_after_s, self._start_hold)
-        try:
-            answered = {r.id: r for r in await self._dispatcher.dispatch(fresh)}
-            for call in fresh:
-                future = self._tool_results[_call_key(call)]
-                if call.id in answered:
-                    future.set_result(answered[call.id].response or {})
-                else:  # cancelled: nobody gets an answer for it
-                    future.cancel()
-                    del self._tool_results[_call_key(call)]
-            for call, future in shared:
-                with contextlib.suppress(asyncio.CancelledError):
-                    answered[call.id] = types.FunctionResponse(id=call.id, name=call.name, response=await future)
-        finally:
-            hold.cancel()
-            self._tool_batches -= 1
-        responses = [answered[c.id] for c in calls if c.id in answered]
-        if self._link.epoch != epoch or (responses and not await self._link.send_tool_response(responses)):
-            # The model resumes from before these calls and will issue them again: keep the results.
-            self._log.warning("model connection changed while tools ran: results kept for the re-issued calls")
-            self._forget_old_results()
-            return
-        for call in calls:
-            self._tool_results.pop(_call_key(call), None)
-        if self._hold_task is not None and self._tool_batches == 0:
-            self._hold_stopper = self._spawn(self._stop_hold_later())
-
-    def _forget_old_results(self) -> None:
-        # Bounded: results nobody asked for again are dropped, oldest first.
-        while len(self._tool_results) > MAX_KEPT_RESULTS:
-            self._tool_results.pop(next(iter(self._tool_results)))
+        if self._tools is not None:
+            self._tools.on_tool_calls(event.calls)
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
         if self._recorder is not None:
@@ -451,29 +344,6 @@ class CallSession:
             "tool_result", id=outcome.id, name=outcome.name, status=outcome.status, response=outcome.response,
             latency_s=outcome.latency_s,
         )
-
-    def _start_hold(self) -> None:
-        if self._hold_task is None and not self._ended.is_set():
-            self.stats.hold_plays += 1
-            self._log.info("handler is slow: playing the hold sound")
-            self._hold_task = self._spawn(self._play_hold())
-
-    async def _play_hold(self) -> None:
-        sound = HoldSound()
-        loop = asyncio.get_running_loop()
-        next_at = loop.time()
-        while not self._model_spoke.is_set() and not self._ws.closed:
-            if self.state.all_played:  # never talk over the agent's own queued words
-                await self._send(twilio.media_message(self._stream_sid, sound.next_frame()))
-            next_at += HOLD_FRAME_S
-            await asyncio.sleep(max(0.0, next_at - loop.time()))
-
-    async def _stop_hold_later(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(HOLD_AFTER_RESPONSE_MAX_S):
-                await self._model_spoke.wait()
-        self._model_spoke.set()
-        self._hold_task = None
 
     # -- CallControl (from handlers, on the loop) -------------------------------------------------------
 
@@ -514,9 +384,11 @@ class CallSession:
             elif isinstance(action, Transfer):
                 self.stats.outcome = "transferred"
                 transfer = self._svc.transfer
-                self._spawn(self._end_with(
-                    (lambda sid: transfer(sid, action.target)) if transfer is not None else None, "transfer"
-                ))
+                rest = functools.partial(_transfer_to, transfer, action.target) if transfer is not None else None
+                self._spawn(self._end_with(rest, "transfer"))
+
+    async def _send_hold_frame(self, ulaw: bytes) -> None:
+        await self._send(twilio.media_message(self._stream_sid, ulaw))
 
     async def _send(self, text: str) -> None:
         if self._ws.closed:
@@ -562,7 +434,9 @@ class CallSession:
             await self._link.close()
         if self._dispatcher is not None:
             await self._dispatcher.aclose()
-        self._model_spoke.set()
+        if self._hold is not None:
+            self._hold.close()
+            self.stats.hold_plays = self._hold.plays
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()

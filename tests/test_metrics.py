@@ -8,7 +8,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from phonebridge.bridge import CallStats
+from phonebridge.call_services import CallStats
 from phonebridge.metrics import UNKNOWN_TOOL, Metrics
 
 
