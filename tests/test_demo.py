@@ -31,3 +31,32 @@ def test_the_demo_command_runs_offline_and_writes_the_call(tmp_path):
         assert wav.getnframes() / 8000 > 5.0
     (cassette,) = out.glob("CA*.jsonl")
     assert stat.S_IMODE(cassette.stat().st_mode) == 0o600
+
+
+async def test_the_demo_plays_the_users_own_recording_at_any_rate_and_channel_count(tmp_path):
+    import io
+
+    import numpy as np
+
+    from phonebridge.agent import load_agent
+    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.testing.speech import synth_speech
+
+    mono = np.frombuffer(synth_speech("Hello, which pizzas are vegetarian?", 44100), dtype="<i2")
+    path = tmp_path / "me.wav"
+    with wave.open(str(path), "wb") as wav:  # 44.1 kHz stereo, as a phone or laptop records
+        wav.setnchannels(2)
+        wav.setsampwidth(2)
+        wav.setframerate(44100)
+        wav.writeframes(np.repeat(mono, 2).tobytes())
+    summary = await demo_call(load_agent(DEFAULT_AGENT), tmp_path / "out", speed=20.0, caller_audio=str(path),
+                              out=io.StringIO())
+    assert summary["ok"], summary
+    with wave.open(str(tmp_path / "out" / "call.wav")) as wav:
+        caller = np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2")[0::2]
+    # The recording was converted to 8 kHz mono and is the caller's first utterance, at its own length.
+    first = np.flatnonzero(caller)[0]
+    frames = caller[first:].reshape(-1, 80)[: int(30 * 100)]  # 10 ms frames from its start
+    quiet = np.all(frames == 0, axis=1)
+    run_end = next(i for i in range(len(quiet) - 40) if quiet[i:i + 40].all())  # 0.4 s of digital silence
+    assert abs(run_end / 100 - len(mono) / 44100) < 0.25
