@@ -49,9 +49,20 @@ class Runtime:
     draining: bool = False
     started: float = field(default_factory=time.monotonic)
     idle_event: asyncio.Event | None = None
+    model_down_at: float | None = None
 
     def at_capacity(self) -> bool:
         return len(self.active) >= self.settings.max_calls
+
+    def note_model_health(self, stats: CallStats) -> None:
+        """The model is known down after a call could not reach it, until a call hears the model again."""
+        if stats.outcome == "model_unavailable":
+            self.model_down_at = time.monotonic()
+        elif stats.first_audio_s is not None:
+            self.model_down_at = None
+
+    def model_known_down(self) -> bool:
+        return self.model_down_at is not None and time.monotonic() - self.model_down_at < MODEL_DOWN_S
 
     def add(self, session: CallSession) -> None:
         self.active[id(session)] = session
@@ -81,6 +92,7 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
+MODEL_DOWN_S = 60.0  # readiness stays false this long after a call could not reach the model
 FINISHED_KEEP = 100  # recent calls' stats, for tests and the demo
 
 
@@ -218,6 +230,7 @@ class _Handlers:
             self._rt.remove(session)
         self._rt.finished.append(stats)
         del self._rt.finished[:-FINISHED_KEEP]
+        self._rt.note_model_health(stats)
         return ws
 
     async def status(self, request: web.Request) -> web.Response:
@@ -234,8 +247,10 @@ class _Handlers:
         return web.json_response({"ok": True, "active_calls": len(self._rt.active), "pid": os.getpid()})
 
     async def readyz(self, request: web.Request) -> web.Response:
-        ready = not self._rt.draining and not self._rt.at_capacity()
-        return web.json_response({"ready": ready, "draining": self._rt.draining}, status=200 if ready else 503)
+        model_down = self._rt.model_known_down()
+        ready = not self._rt.draining and not self._rt.at_capacity() and not model_down
+        body = {"ready": ready, "draining": self._rt.draining, "model_down": model_down}
+        return web.json_response(body, status=200 if ready else 503)
 
     def _signed_webhook(self, request: web.Request, form: dict[str, str]) -> bool:
         if not self._rt.settings.validate_signatures:

@@ -196,6 +196,10 @@ async def test_model_failing_at_start_ends_the_call_cleanly_with_a_logged_reason
             # Closing the stream makes Twilio run what follows <Connect>: an apology, not silence.
             assert "</Connect><Say>Sorry, our assistant can't take your call right now." in caller.twiml
         await h.wait_idle()
+        # Known down: readiness turns false so a load balancer can prefer instances that reach the model.
+        async with aiohttp.ClientSession() as http, http.get(h.server_url + "/readyz") as response:
+            assert response.status == 503
+            assert await response.json() == {"ready": False, "draining": False, "model_down": True}
     assert h.runtime.finished[-1].outcome == "model_unavailable"
     assert "model is unreachable" in caplog.text
     assert len(h.emulator.connections) == 3  # the first try and two reconnects, then we give up

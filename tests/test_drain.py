@@ -134,7 +134,7 @@ async def test_sigterm_refuses_new_calls_lets_the_active_one_talk_then_ends_it_a
             signalled = loop.time()
             await server.wait_log("draining: 1 active calls")
             async with session.get(server.url + "/readyz") as r:
-                assert r.status == 503 and (await r.json()) == {"ready": False, "draining": True}
+                assert r.status == 503 and (await r.json()) == {"ready": False, "draining": True, "model_down": False}
             with pytest.raises(CallRejected) as rejected:
                 await caller_for(server).dial()
             assert rejected.value.status == 200 and f"<Say>{DEFAULT_BUSY_SAY}</Say><Hangup />" in rejected.value.body

@@ -233,7 +233,7 @@ async def test_above_the_call_limit_the_webhook_answers_polite_reject_twiml_and_
         await second.dial()
         await first.wait_heard(0.2)
         async with session.get(h.server_url + "/readyz") as r:
-            assert r.status == 503 and (await r.json()) == {"ready": False, "draining": False}
+            assert r.status == 503 and (await r.json()) == {"ready": False, "draining": False, "model_down": False}
         with pytest.raises(CallRejected) as rejected:
             await h.caller().dial()
         assert rejected.value.status == 200
