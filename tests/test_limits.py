@@ -64,13 +64,15 @@ async def test_a_stalled_twilio_socket_pushes_back_on_the_model_instead_of_buffe
             conv_ready = await h.emulator.wait_until(lambda: bool(h.emulator.conversations), 10)
             assert conv_ready
             conv = h.emulator.conversations[0]
-            # The model finishes sending the whole turn (kernel buffers on the model side absorb it)...
-            await h.emulator.wait_for(lambda: conv.turns_spoken == 1, timeout=30)
             session_ = next(iter(h.runtime.active.values()))
+            # Either the model finishes sending the whole turn (the kernel's buffers on the model side absorb
+            # it), or the back-pressure reaches the model too and its sends stall: how much the loopback
+            # buffers hold varies with the machine's autotuning, and both show the bridge queues nothing.
+            finished = await h.emulator.wait_until(lambda: conv.turns_spoken == 1, 15)
             sent_while_stalled = session_.stats.frames_out
-            # ...but the bridge has forwarded only what the stalled socket's buffers took: it awaits each send
-            # rather than queueing the rest (about 13,000 frames = 4 MB on this machine's loopback).
-            assert sent_while_stalled < total_frames * 3 // 4
+            # The bridge forwarded only what the stalled socket's buffers took: it awaits each send rather than
+            # queueing the rest (about 13,000 frames = 4 MB on this machine's loopback).
+            assert sent_while_stalled < total_frames * 3 // 4, (finished, sent_while_stalled)
             # The caller reads again: the whole turn arrives, nothing was lost or reordered.
             media = 0
             async for message in ws:
