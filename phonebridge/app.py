@@ -47,7 +47,6 @@ class Runtime:
     active: dict[int, CallSession] = field(default_factory=dict)
     finished: list[CallStats] = field(default_factory=list)
     draining: bool = False
-    started: float = field(default_factory=time.monotonic)
     idle_event: asyncio.Event | None = None
     model_down_at: float | None = None
 

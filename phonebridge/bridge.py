@@ -77,7 +77,6 @@ class CallSession:
         self._tools: ToolCallRunner | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._partial = {"caller": "", "agent": ""}
-        self._sent_first_audio = False
         self._recorder: Recorder | None = None
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
@@ -280,8 +279,7 @@ class CallSession:
             return
         if self._hold is not None:
             self._hold.model_spoke()
-        if not self._sent_first_audio:
-            self._sent_first_audio = True
+        if self.stats.first_audio_s is None:
             self.stats.first_audio_s = now - self.stats.started
         started = time.perf_counter()
         frames = self._framer.push(self._outbound.process(pcm24k))
@@ -293,10 +291,7 @@ class CallSession:
             metrics.observe_outbound(time.perf_counter() - started)
 
     async def _on_turn_complete(self, now: float) -> None:
-        if self.state.cut:
-            self._outbound.reset()
-            self._framer.reset()
-        else:
+        if not self.state.cut:  # a cut turn's transcoder was reset at `interrupted` and fed nothing since
             tail = self._framer.push(self._outbound.flush()) + [self._framer.flush()]
             await self._execute(self.state.agent_audio([f for f in tail if f], now))
             if self.state.speaking:

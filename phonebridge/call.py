@@ -84,7 +84,6 @@ class CallState:
     _pending: HangUp | Transfer | None = None
     _pending_deadline: float = 0.0
     _pending_armed: bool = False
-    sent_bytes_total: int = 0
 
     # -- the model's side ------------------------------------------------------------------------------
 
@@ -108,7 +107,6 @@ class CallState:
             self._unmarked += len(frame)
             if self._unmarked >= self.mark_every_bytes:
                 actions.append(self._mark())
-        self.sent_bytes_total += size
         return actions
 
     def agent_interrupted(self, now: float) -> list[Action]:

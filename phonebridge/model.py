@@ -310,7 +310,7 @@ class LiveLink:
                         if self._tap is not None:
                             self._tap("model_in", message)
                         for event in translate(message):
-                            await self._observe(event)
+                            self._observe(event)
                             await self._sink(event)
                         if self._switch_due is not None:
                             if self._resumable:
@@ -322,7 +322,7 @@ class LiveLink:
             raise
         return "closed"
 
-    async def _observe(self, event: ModelEvent) -> None:
+    def _observe(self, event: ModelEvent) -> None:
         if isinstance(event, (AudioOut, OutputText, ToolCalls)):
             self._mid_turn = True
         elif isinstance(event, TurnComplete):

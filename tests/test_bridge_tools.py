@@ -189,12 +189,11 @@ async def test_calls_in_one_tool_call_run_concurrently_and_are_answered_in_one_m
     h.emulator.check()
 
 
-async def test_cancellation_cancels_the_handler_and_sends_nothing_for_its_id():
-    agent = make_agent()
+def add_never_returning_tool(agent: Agent, name: str) -> tuple[asyncio.Event, asyncio.Event]:
+    """Register an async tool `name` that never returns; the events say it started and was cancelled."""
     entered, cancelled = asyncio.Event(), asyncio.Event()
 
-    @agent.tool
-    async def wait_forever() -> str:
+    async def never_returns() -> str:
         """Never returns."""
         entered.set()
         try:
@@ -203,6 +202,14 @@ async def test_cancellation_cancels_the_handler_and_sends_nothing_for_its_id():
             cancelled.set()
             raise
         return "unreachable"
+
+    agent.tool(never_returns, name=name)
+    return entered, cancelled
+
+
+async def test_cancellation_cancels_the_handler_and_sends_nothing_for_its_id():
+    agent = make_agent()
+    entered, cancelled = add_never_returning_tool(agent, "wait_forever")
 
     # The emulator waits (wall time) for an answer before it may cancel: the call stays open 0.3 s.
     script = Script([
@@ -381,18 +388,7 @@ async def test_transfer_call_updates_the_call_with_dial_twiml_after_the_last_wor
 
 async def test_a_handler_that_never_returns_is_cancelled_when_the_caller_hangs_up():
     agent = make_agent(tool_timeout_s=60.0)
-    entered, cancelled = asyncio.Event(), asyncio.Event()
-
-    @agent.tool
-    async def stuck() -> str:
-        """Never returns."""
-        entered.set()
-        try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "unreachable"
+    entered, cancelled = add_never_returning_tool(agent, "stuck")
 
     script = Script([WaitForText(), calls(ToolCallSpec("stuck", {}, id="fc-s"), timeout_s=30.0)])
     async with BridgeHarness(agent, script) as h:
