@@ -241,8 +241,7 @@ class CallSession:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await runner
             self._ended.set()
-            if not self._ws.closed:
-                await self._ws.close()
+            await self._close_socket()
 
     async def _on_model_event(self, event: ModelEvent) -> None:
         now = time.monotonic()
@@ -401,8 +400,17 @@ class CallSession:
             except Exception:  # noqa: BLE001 - still end our side of the call
                 self._log.exception("Twilio REST %s failed; closing the stream instead", why)
         self._ended.set()
-        if not self._ws.closed:
-            await self._ws.close()
+        await self._close_socket()
+
+    async def _close_socket(self) -> None:
+        if self._ws.closed:
+            return
+        await self._ws.close()
+        # aiohttp keeps a failed close's error (the caller already gone), and its traceback's frames hold the
+        # socket: a reference cycle per call. The traceback is of no use once the call is over.
+        error = self._ws.exception()
+        if error is not None:
+            error.__traceback__ = None
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -416,8 +424,7 @@ class CallSession:
         if self.stats.outcome == "unknown":
             self.stats.outcome = "server_closed"
         self._ended.set()
-        if not self._ws.closed:
-            await self._ws.close()
+        await self._close_socket()
 
     async def _shutdown(self) -> None:
         self._ended.set()
@@ -437,8 +444,7 @@ class CallSession:
                 task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if not self._ws.closed:
-            await self._ws.close()
+        await self._close_socket()
         self._log.info(
             "call ended: %s after %.1f s, %d turns, %d barge-ins, %d tool calls, first audio %s, %d malformed",
             self.stats.outcome, time.monotonic() - self.stats.started, self.stats.turns, self.stats.barge_ins,
@@ -449,6 +455,17 @@ class CallSession:
         self._emit("call_end", stats=self.stats)
         if self._recorder is not None:
             await self._recorder.aclose()
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the call's parts. Each holds callbacks into this session, so the call's whole object graph
+        (transcoders, state, transcript, the model's history) would be a reference cycle that only the
+        cyclic GC's rare full collections free: at 100 concurrent calls RSS climbed ~0.4 MiB a call."""
+        self._link = None
+        self._dispatcher = None
+        self._hold = None
+        self._tools = None
+        self._timer = None
 
     def _emit(self, kind: str, **data: Any) -> None:
         for observer in self._svc.observers:

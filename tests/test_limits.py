@@ -8,9 +8,12 @@ purpose (caller audio while the model connection switches) is a fixed-size ring.
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import logging
 import socket
+import weakref
 from typing import Any
 
 import aiohttp
@@ -19,7 +22,7 @@ from google import genai
 from phonebridge.agent import Agent
 from phonebridge.model import HELD_FRAMES, LiveLink
 from phonebridge.testing.harness import BridgeHarness
-from phonebridge.testing.live_script import Say, Script, WaitForText
+from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
 from tests.test_hostile import CONNECTED, media_socket_headers, start_frame
 
 RCVBUF = 16 * 1024
@@ -85,3 +88,43 @@ async def test_a_stalled_twilio_socket_pushes_back_on_the_model_instead_of_buffe
     stats = h.runtime.finished[-1]
     assert stats.frames_out == total_frames + 1  # the resampler's flushed tail is one short last frame
     print(f"frames sent while stalled: {sent_while_stalled} of {total_frames}")
+
+
+async def test_a_finished_call_is_freed_by_reference_counting_alone():
+    """A call's parts hold callbacks into its session; if the session kept them after the call, its whole
+    object graph would wait for the cyclic GC's rare full collections (RSS climbed ~0.4 MiB a call at 100
+    concurrent calls). With the collector off, an ended call that used tools, the hold sound and a
+    reconnection must still be gone once it ends."""
+    agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.", hold_sound_after_s=0.0)
+    release, started = asyncio.Event(), asyncio.Event()
+
+    @agent.tool
+    async def book(day: str) -> dict[str, str]:
+        """Book a table."""
+        started.set()
+        await release.wait()
+        return {"booked": day}
+
+    script = Script([WaitForText(), Say("Hello."), CallTools((ToolCallSpec("book", {"day": "friday"}),)),
+                     Say("You are booked.")])
+    gc.collect()
+    gc.disable()
+    logging.disable(logging.CRITICAL)  # pytest's log capture keeps records, and a record's exception its frames
+    try:
+        async with BridgeHarness(agent, script) as h:
+            async with h.caller(continuous=False):
+                await asyncio.wait_for(started.wait(), 10)
+                (session,) = h.runtime.active.values()
+                freed = weakref.ref(session)
+                del session
+                await h.emulator.connections[0].drop()
+                await h.emulator.wait_for(lambda: len(h.emulator.connections) >= 2)
+                release.set()
+                await h.emulator.wait_for(lambda: h.emulator.conversations[0].turns_spoken == 2)
+            await h.wait_idle()
+            stats = h.runtime.finished[-1]
+            assert stats.hold_plays >= 1 and stats.tool_calls >= 1
+            assert freed() is None, "the ended call's session is only reachable through a reference cycle"
+    finally:
+        logging.disable(logging.NOTSET)
+        gc.enable()
