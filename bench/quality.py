@@ -119,7 +119,20 @@ async def _sdk_costs(messages: int) -> dict[str, float]:
     for _ in range(messages):
         base64.b64decode(json.loads(wire)["serverContent"]["modelTurn"]["parts"][0]["inlineData"]["data"])
     recv_floor_us = (time.perf_counter() - start) / messages * 1e6
-    return {"sdk_send_us": send_us, "send_floor_us": send_floor_us, "sdk_recv_us": recv_us, "recv_floor_us": recv_floor_us}
+    # What the bridge itself does instead (phonebridge.model.audio_message, phonebridge.model_wire).
+    from phonebridge.model import audio_message
+    from phonebridge.model_wire import wire_events
+
+    start = time.perf_counter()
+    for _ in range(messages):
+        audio_message(pcm16k)
+    direct_send_us = (time.perf_counter() - start) / messages * 1e6
+    start = time.perf_counter()
+    for _ in range(messages):
+        wire_events(json.loads(wire))
+    direct_recv_us = (time.perf_counter() - start) / messages * 1e6
+    return {"sdk_send_us": send_us, "send_floor_us": send_floor_us, "sdk_recv_us": recv_us, "recv_floor_us": recv_floor_us,
+            "direct_send_us": direct_send_us, "direct_recv_us": direct_recv_us}
 
 
 def costs(messages: int = 2000) -> dict[str, float]:

@@ -78,6 +78,7 @@ def rows(steps: list[dict[str, Any]], audio: dict[str, float], target_s: float) 
         ("outbound transcode per 20 ms frame", f"{audio['outbound_transcode_us']:.1f} us", "< 10 us", _verdict(audio["outbound_transcode_us"] < 10)),
         ("SDK send_realtime_input per frame (json+b64 floor)", f"{audio['sdk_send_us']:.1f} us ({audio['send_floor_us']:.1f})", "INFO", "INFO"),
         ("SDK receive per 20 ms of model audio (floor)", f"{audio['sdk_outbound_per_frame_us']:.1f} us ({audio['recv_floor_us'] / 2:.1f})", "INFO", "INFO"),
+        ("bridge's direct send per frame / receive per 20 ms", f"{audio.get('direct_send_us', float('nan')):.1f} / {audio.get('direct_recv_us', float('nan')) / 2:.1f} us", "INFO", "INFO"),
     ]
     return out
 

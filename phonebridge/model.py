@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from google import genai
@@ -27,6 +27,7 @@ from phonebridge.errors import ModelUnavailable
 from phonebridge.model_events import (
     AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, translate,
 )
+from phonebridge.model_wire import reader_for
 
 AUDIO_MIME = "audio/pcm;rate=16000"
 # Caller audio held while the model connection switches: 2 s of 16 kHz PCM in 20 ms frames.
@@ -304,23 +305,33 @@ class LiveLink:
         loop = asyncio.get_running_loop()
         deadline = asyncio.timeout(None)
         try:
-            async with deadline:
-                while not self._closing:
-                    async for message in session.receive():
-                        if self._tap is not None:
-                            self._tap("model_in", message)
-                        for event in translate(message):
-                            self._observe(event)
-                            await self._sink(event)
-                        if self._switch_due is not None:
-                            if self._resumable:
-                                return "go_away"
-                            deadline.reschedule(loop.time() + max(0.0, self._switch_due - time.monotonic()))
+            async with deadline, contextlib.aclosing(self._messages(session)) as messages:
+                async for events, message in messages:
+                    if self._tap is not None:
+                        self._tap("model_in", message)
+                    for event in events:
+                        self._observe(event)
+                        await self._sink(event)
+                    if self._switch_due is not None:
+                        if self._resumable:
+                            return "go_away"
+                        deadline.reschedule(loop.time() + max(0.0, self._switch_due - time.monotonic()))
         except TimeoutError:
             if deadline.expired():  # the goAway deadline: a planned switch, not a failure
                 return "go_away"
             raise
         return "closed"
+
+    async def _messages(self, session: Any) -> AsyncIterator[tuple[list[ModelEvent], Any]]:
+        """Each server message's events (and the SDK's message, for the recorder) until we close."""
+        reader = reader_for(session) if self._fast_audio else None
+        want_message = self._tap is not None
+        while not self._closing:
+            if reader is not None:
+                yield await reader.next(want_message)
+            else:
+                async for message in session.receive():
+                    yield translate(message), message
 
     def _observe(self, event: ModelEvent) -> None:
         if isinstance(event, (AudioOut, OutputText, ToolCalls)):

@@ -1,0 +1,130 @@
+"""The Live session's receive path without the SDK's per-message pydantic parse for the commonest message.
+
+Most server messages of a call are one chunk of the model's audio (with its transcript slice). The SDK turns each into
+a LiveServerMessage (JSON, its converter, pydantic validation: ~100 us a message, the largest single cost of
+a call after the sockets); for these we decode the JSON and the base64 ourselves (~12 us). Every other
+message goes through the SDK's own conversion, exactly as `session.receive()` does it, so the call sees the
+same events either way (tests hold the two equal). The session's socket and converter are private SDK
+attributes: where either is missing (another SDK version, Vertex AI), `reader_for` returns None and the
+caller uses `session.receive()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from google.genai import errors as genai_errors
+from google.genai import types
+
+from phonebridge.model_events import AudioOut, ModelEvent, OutputText, translate
+
+try:  # private to the SDK: the reader is only used while it is there
+    from google.genai import _live_converters
+    from websockets import ConnectionClosed
+    from websockets.frames import CLOSE_CODE_EXPLANATIONS
+except ImportError:  # pragma: no cover - depends on the installed SDK
+    _live_converters = None  # type: ignore[assignment]
+
+Converter = Callable[[dict[str, Any]], types.LiveServerMessage]
+
+
+def audio_events(data: Mapping[str, Any]) -> list[ModelEvent] | None:
+    """The events of a message that carries model audio and at most its transcript slice (3.1 sends the two
+    together), in translate()'s order: one AudioOut per part, then OutputText. None for any other message,
+    which then takes the SDK's path."""
+    content = data.get("serverContent") if len(data) == 1 else None
+    if not isinstance(content, dict) or not set(content) <= {"modelTurn", "outputTranscription"}:
+        return None
+    turn = content.get("modelTurn")
+    if not isinstance(turn, dict) or not set(turn) <= {"parts", "role"}:
+        return None
+    parts = turn.get("parts")
+    if not isinstance(parts, list) or not parts:
+        return None
+    events: list[ModelEvent] = []
+    for part in parts:
+        pcm = _audio_part(part)
+        if pcm is None:
+            return None
+        events.append(AudioOut(pcm))
+    if "outputTranscription" in content:
+        transcript = content["outputTranscription"]
+        if not isinstance(transcript, dict) or not set(transcript) <= {"text", "finished"}:
+            return None
+        text = transcript.get("text")
+        if not isinstance(text, (str, type(None))):
+            return None
+        if text:
+            events.append(OutputText(text))
+    return events
+
+
+def _audio_part(part: Any) -> bytes | None:
+    blob = part.get("inlineData") if isinstance(part, dict) and len(part) == 1 else None
+    if not isinstance(blob, dict) or not set(blob) <= {"data", "mimeType"}:
+        return None
+    encoded, mime = blob.get("data"), blob.get("mimeType", "audio/pcm")
+    if not isinstance(encoded, str) or not encoded or not isinstance(mime, str) or not mime.startswith("audio/pcm"):
+        return None
+    try:
+        return base64.b64decode(encoded, altchars=b"-_" if "-" in encoded or "_" in encoded else None, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def sdk_message(data: dict[str, Any]) -> types.LiveServerMessage:
+    """What `AsyncSession._receive` makes of one decoded server message (Gemini API), errors included."""
+    converted = _live_converters._LiveServerMessage_from_mldev(data)
+    if not converted and data:
+        genai_errors.APIError.raise_error(data.get("code"), data, None)
+    return types.LiveServerMessage._from_response(response=converted, kwargs={})
+
+
+def wire_events(data: dict[str, Any], convert: Converter = sdk_message) -> tuple[list[ModelEvent], Any]:
+    """The events of one decoded server message, and the SDK's message when it was built (else None)."""
+    events = audio_events(data)
+    if events is not None:
+        return events, None
+    message = convert(data)
+    return translate(message), message
+
+
+class SessionReader:
+    """Reads one Live session's socket directly; see the module's docstring."""
+
+    def __init__(self, socket: Any) -> None:
+        self._socket = socket
+
+    async def next(self, want_message: bool = False) -> tuple[list[ModelEvent], Any]:
+        """The next message's events, and its LiveServerMessage if built or `want_message` (for a recorder).
+        A closed connection raises APIError with its close code, as the SDK's receive does."""
+        try:
+            raw = await self._socket.recv(decode=False)
+        except ConnectionClosed as exc:
+            code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (1006, CLOSE_CODE_EXPLANATIONS.get(1006))
+            genai_errors.APIError.raise_error(code, reason or "", None)
+        try:
+            data = json.loads(raw) if raw else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"Failed to parse response: {raw[:200]!r}") from exc
+        if not isinstance(data, dict):
+            raise TypeError(f"Failed to parse response: {raw[:200]!r}")
+        events, message = wire_events(data)
+        if message is None and want_message:
+            message = sdk_message(data)
+        return events, message
+
+
+def reader_for(session: Any) -> SessionReader | None:
+    """A direct reader for this SDK session, or None where the SDK's own receive must be used."""
+    socket = getattr(session, "_ws", None)
+    client = getattr(session, "_api_client", None)
+    if _live_converters is None or socket is None or client is None or getattr(client, "vertexai", True):
+        return None
+    if not hasattr(_live_converters, "_LiveServerMessage_from_mldev") or not hasattr(socket, "recv"):
+        return None
+    return SessionReader(socket)
