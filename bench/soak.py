@@ -13,8 +13,10 @@ service does) or an abrupt drop (TCP abort, no close frame).
 
 A call counts as dropped if the server closed it, if it could not be dialled, or if the agent stayed silent
 for three utterances in a row; otherwise it completed. Reconnects come from the server's /metrics. RSS is
-sampled once all slots are up (start), every 30 s, and before the last calls hang up (end).
-Exit status: 0 when no call dropped and the server exited 0 after SIGTERM, 1 otherwise.
+sampled once all slots are up (start), every 30 s, and before the last calls hang up (end); the first half
+of the run is warm-up, and the second half may grow by at most 5 % (noise).
+Exit status: 0 when no call dropped, RSS held over the second half and the server exited 0 after SIGTERM,
+1 otherwise.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ ACCOUNT_SID = "AC" + "5" * 32
 ANSWER_TIMEOUT_S = 15.0  # after an utterance: the agent answers within this, or it counts as unanswered
 SILENT_LIMIT = 3  # unanswered utterances in a row that make a call dropped
 THINK_S = 0.3
+RSS_NOISE = 0.05  # RSS growth over the second half of the run that still counts as noise
 
 
 class ChaosLive(LeanLive):
@@ -141,11 +144,7 @@ async def one_call(run: Run) -> None:
 
 async def one_turn(caller: TwilioCaller, run: Run) -> bool:
     """Wait for the agent to finish, speak, and return whether it answered."""
-    try:
-        await caller.wait_for(lambda c: c.playback_idle, ANSWER_TIMEOUT_S)
-    except TimeoutError:
-        pass
-    await asyncio.sleep(THINK_S)  # the caller's own think time
+    await until_agent_done(caller)
     seen = caller.media_bytes_received
     await caller.say(run.utterance)
     run.tally.turns += 1
@@ -155,6 +154,21 @@ async def one_turn(caller: TwilioCaller, run: Run) -> bool:
         run.tally.unanswered += 1
         return False
     return caller.up
+
+
+async def until_agent_done(caller: TwilioCaller) -> None:
+    """Playback idle for a whole think time: the agent's audio arrives paced at real time, so the playback
+    buffer runs empty between chunks and idle alone would make every turn a barge-in."""
+    deadline = time.monotonic() + ANSWER_TIMEOUT_S
+    while caller.up and time.monotonic() < deadline:
+        try:
+            await caller.wait_for(lambda c: c.playback_idle, max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            return
+        before = caller.media_bytes_received
+        await asyncio.sleep(THINK_S)  # the caller's own think time; new audio means the agent went on
+        if caller.media_bytes_received == before:
+            return
 
 
 async def slot(run: Run, index: int, slots: int) -> None:
@@ -275,7 +289,16 @@ async def soak(args: argparse.Namespace) -> int:
         await reader
         await live.stop()
     report(args, tally, reconnects, outcomes, exit_code, server, time.monotonic() - started, live)
-    return 0 if not tally.dropped and exit_code == 0 else 1
+    rss_held = len(tally.rss) < 2 or steady_growth(tally.rss)[1] <= RSS_NOISE * steady_growth(tally.rss)[0]
+    return 0 if not tally.dropped and exit_code == 0 and rss_held else 1
+
+
+def steady_growth(samples: list[tuple[float, int]]) -> tuple[int, int]:
+    """RSS at the run's half-way point and its growth from there to the end. The first half is warm-up: the
+    allocator's pools and the interpreter's caches fill while the call mix reaches its steady state."""
+    middle = (samples[0][0] + samples[-1][0]) / 2
+    half = min(samples, key=lambda sample: abs(sample[0] - middle))[1]
+    return half, samples[-1][1] - half
 
 
 def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float], outcomes: dict[str, float],
@@ -292,6 +315,10 @@ def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float],
     if rss:
         print(f"  server RSS           start {rss[0] / mib:.1f} MiB, end {rss[-1] / mib:.1f} MiB, "
               f"peak {max(rss) / mib:.1f} MiB, growth {(rss[-1] - rss[0]) / mib:+.1f} MiB over {len(rss)} samples")
+        half, growth = steady_growth(tally.rss)
+        verdict = "PASS" if growth <= RSS_NOISE * half else "FAIL"
+        print(f"  RSS, second half     {half / mib:.1f} -> {rss[-1] / mib:.1f} MiB ({growth / mib:+.1f} MiB; target: "
+              f"no growth beyond noise, <= {RSS_NOISE:.0%}) {verdict}")
         print("  RSS samples (MiB)    " + " ".join(f"{value / mib:.1f}" for value in rss))
     print(f"  server exit status   {exit_code} after SIGTERM; error log lines {server.errors}")
     if exit_code != 0 or server.errors:
