@@ -62,7 +62,8 @@ def run_ladder(args: argparse.Namespace, seconds: float) -> list[dict[str, Any]]
         print(
             f"  {step['calls']} calls: in p99 {step['inbound']['p99'] * 1e3:.2f} ms, out p99 "
             f"{step['outbound']['p99'] * 1e3:.2f} ms, serve cpu {step['serve_cpu']:.0%}, "
-            f"loadgen cpu {step['loadgen_cpu']:.0%}, loadgen lag p99 {step['loadgen_lag']['p99'] * 1e3:.2f} ms",
+            f"loadgen cpu {step['loadgen_cpu']:.0%}, loadgen lag p99 {step['loadgen_lag']['p99'] * 1e3:.2f} ms, "
+            f"serve loop lag p99 <= {step['bridge_p99_bucket'].get('loop_lag', float('nan')) * 1e3:g} ms",
             file=sys.stderr, flush=True,
         )
         if not p99_ok(step) or step["generator_bound"]:

@@ -61,6 +61,7 @@ def _scale_rows(steps: list[dict[str, Any]], target_s: float) -> tuple[list[Row]
             (f"model first audio -> first Twilio frame p99 {tag}", _ms(ref["first_audio"]["p99"]), "INFO", "INFO"),
             (f"load generator CPU / loop lag p99 {tag}", f"{ref['loadgen_cpu']:.0%} / {_ms(ref['loadgen_lag']['p99'])}", "INFO", "INFO"),
             (f"bridge's own histogram p99 bucket in/out {tag}", f"<= {ref['bridge_p99_bucket']['inbound'] * 1e3:g} / <= {ref['bridge_p99_bucket']['outbound'] * 1e3:g} ms", "INFO", "INFO"),
+            (f"server event loop lag p99 bucket {tag}", f"<= {ref['bridge_p99_bucket'].get('loop_lag', float('nan')) * 1e3:g} ms", "INFO", "INFO"),
         ]
     return out, best
 

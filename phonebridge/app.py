@@ -140,9 +140,41 @@ def make_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.handle)
+    lag = _LoopLagWatch(metrics)
+    app.on_startup.append(lag.start)
     app.on_shutdown.append(_close_calls)
     app.on_cleanup.append(_stop_executor)
+    app.on_cleanup.append(lag.stop)
     return app
+
+
+LAG_PERIOD_S = 0.1
+
+
+class _LoopLagWatch:
+    """Times a timer chain: how late each tick runs is the wait every call's frames have behind the others
+    (phonebridge_event_loop_lag_seconds). A timer, not a task: it costs nothing between ticks."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._handle: asyncio.TimerHandle | None = None
+
+    async def start(self, app: web.Application) -> None:
+        loop = asyncio.get_running_loop()
+        self._schedule(loop, loop.time())
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        due = now + LAG_PERIOD_S
+        self._handle = loop.call_at(due, self._tick, loop, due)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop, due: float) -> None:
+        now = loop.time()
+        self._metrics.observe_loop_lag(max(0.0, now - due))
+        self._schedule(loop, now)
+
+    async def stop(self, app: web.Application) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _client_factory(client: genai.Client | Callable[[], genai.Client] | None) -> Callable[[], genai.Client]:

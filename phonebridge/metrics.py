@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 FRAME_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 FIRST_AUDIO_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 DURATION_BUCKETS = (5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0)
+LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 TOOL_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 DIRECTIONS = ("inbound", "outbound")
 # A name the model invented (status "unknown") is not a tool: one label value for all of them, so a
@@ -76,6 +77,11 @@ class Metrics:
         self.transcode_seconds = Histogram(
             "phonebridge_transcode_seconds", "Time spent transcoding one audio frame, by direction.",
             ["direction"], buckets=FRAME_BUCKETS, registry=r,
+        )
+        self.loop_lag = Histogram(
+            "phonebridge_event_loop_lag_seconds",
+            "How late the event loop runs a timer: the queueing every call's frames wait behind.",
+            buckets=LAG_BUCKETS, registry=r,
         )
         self.barge_ins = Counter("phonebridge_barge_ins", "Callers interrupting the agent.", registry=r)
         self.tool_latency = Histogram(
@@ -143,6 +149,9 @@ class Metrics:
     def observe_transcode(self, direction: str, seconds: float) -> None:
         """Time to decode+resample ("inbound") or resample+encode ("outbound") one frame."""
         self._transcode[direction].observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
 
     def reconnect(self, cause: str) -> None:
         self.reconnects.labels(cause=cause).inc()

@@ -178,3 +178,24 @@ async def test_metrics_after_an_emulated_call() -> None:
     assert 0.0 < served[("phonebridge_first_audio_seconds_sum", ())] < 5.0
     assert served[("phonebridge_barge_ins_total", ())] == 0.0
     assert served[("phonebridge_malformed_frames_total", ())] == 0.0
+
+
+async def test_event_loop_lag_is_how_late_a_timer_ran() -> None:
+    """A callback that holds the loop (a blocking handler, say) shows up as the next tick's lateness."""
+    import asyncio
+    import time
+
+    from phonebridge.app import LAG_PERIOD_S, _LoopLagWatch
+
+    m = Metrics()
+    watch = _LoopLagWatch(m)
+    app = web.Application()
+    await watch.start(app)
+    ticked = asyncio.Event()
+    m.loop_lag.observe = lambda seconds, _real=m.loop_lag.observe: (_real(seconds), ticked.set())  # type: ignore[method-assign]
+    time.sleep(LAG_PERIOD_S + 0.03)  # the stall under test: the loop is held past the tick's due time
+    await ticked.wait()
+    await watch.stop(app)
+    assert value(m, "phonebridge_event_loop_lag_seconds_count") == 1.0
+    assert value(m, "phonebridge_event_loop_lag_seconds_bucket", le="0.025") == 0.0  # at least 30 ms late
+    assert value(m, "phonebridge_event_loop_lag_seconds_bucket", le="1.0") == 1.0
