@@ -202,4 +202,7 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    # uvloop when installed (the test and fast extras): the generator's own loop is what saturates first.
+    from phonebridge.cli import run_loop
+
+    sys.exit(run_loop(main()))
