@@ -28,7 +28,7 @@ from phonebridge.call import (
     SendMedia,
     Transfer,
 )
-from phonebridge.call_services import CallServices, CallStats, Recorder
+from phonebridge.call_services import CallServices, CallStats, Reactions, Recorder
 from phonebridge.context import CallContext
 from phonebridge.errors import ModelUnavailable, TwilioProtocolError
 from phonebridge.model import LiveLink
@@ -63,6 +63,7 @@ class CallSession:
         self._ws, self._svc = ws, services
         self._log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {"call_sid": "-"})
         self.stats = CallStats()
+        self._reactions = Reactions(services.metrics)
         self.state = CallState()
         self._inbound, self._outbound = InboundTranscoder(), OutboundTranscoder()
         self._framer = twilio.UlawFramer()
@@ -177,7 +178,8 @@ class CallSession:
             on_reconnect=lambda cause: self._emit("reconnect", cause=cause),
         )
         self._tools = ToolCallRunner(
-            self._dispatcher, self._link, self._hold, self._svc.agent.hold_sound_after_s, self._spawn, self._log
+            self._dispatcher, self._link, self._hold, self._svc.agent.hold_sound_after_s, self._spawn, self._log,
+            on_sent=self._reactions.tool_response_sent,
         )
         if self._svc.log_caller_numbers:
             self._log.info("call started (stream %s, %s, from %s to %s)", event.stream_sid,
@@ -248,7 +250,10 @@ class CallSession:
         if isinstance(event, AudioOut):
             await self._on_agent_audio(event.pcm24k, now)
         elif isinstance(event, Interrupted):
-            await self._execute(self.state.agent_interrupted(now))
+            actions = self.state.agent_interrupted(now)
+            await self._execute(actions)
+            if self._link is not None and any(isinstance(a, SendClear) for a in actions):
+                self._reactions.clear_sent(self._link.received_at)
             self._outbound.reset()
             self._framer.reset()
             if self.state.barge_ins:
@@ -325,10 +330,13 @@ class CallSession:
         self._log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in event.calls))
         for call in event.calls:
             self._emit("tool_call", id=call.id, name=call.name, args=dict(call.args or {}))
+        if self._link is not None:
+            self._reactions.tool_calls([c.id for c in event.calls], self._link.received_at)
         if self._tools is not None:
             self._tools.on_tool_calls(event.calls)
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
+        self._reactions.tool_finished(outcome.id, outcome.started, outcome.finished)
         if self._recorder is not None:
             self._recorder.record("tool", {
                 "id": outcome.id, "name": outcome.name, "args": dict(outcome.args), "status": outcome.status,

@@ -78,3 +78,45 @@ class Recorder(Protocol):
     def record(self, kind: str, payload: Any) -> None: ...
 
     async def aclose(self) -> None: ...
+
+
+class Reactions:
+    """The time the bridge itself adds to a reaction, on its own clock (time.monotonic()), from the moment
+    the model's message came off the socket: `interrupted` -> clear sent, `toolCall` -> handler started,
+    the last handler of a toolCall returned -> tool_response sent (phonebridge_reaction_seconds{kind})."""
+
+    KEEP = 64  # call ids awaiting their handler or their response: a bound against a model that floods calls
+
+    def __init__(self, metrics: Metrics | None) -> None:
+        self._metrics = metrics
+        self._received: dict[str, float] = {}
+        self._finished: dict[str, float] = {}
+
+    def clear_sent(self, received_at: float) -> None:
+        self._observe("clear", received_at)
+
+    def tool_calls(self, ids: Sequence[str | None], received_at: float) -> None:
+        for call_id in ids:
+            if call_id is not None:
+                self._keep(self._received, call_id, received_at)
+
+    def tool_finished(self, call_id: str | None, started: float, finished: float) -> None:
+        received = self._received.pop(call_id, None) if call_id is not None else None
+        if received is not None and self._metrics is not None:
+            self._metrics.observe_reaction("tool_start", max(0.0, started - received))
+        if call_id is not None:
+            self._keep(self._finished, call_id, finished)
+
+    def tool_response_sent(self, ids: Sequence[str | None]) -> None:
+        finished = [self._finished.pop(i) for i in ids if i is not None and i in self._finished]
+        if finished:
+            self._observe("tool_reply", max(finished))
+
+    def _observe(self, kind: str, since: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_reaction(kind, max(0.0, time.monotonic() - since))
+
+    def _keep(self, table: dict[str, float], key: str, value: float) -> None:
+        table[key] = value
+        while len(table) > self.KEEP:
+            table.pop(next(iter(table)))

@@ -83,6 +83,12 @@ class Metrics:
             "How late the event loop runs a timer: the queueing every call's frames wait behind.",
             buckets=LAG_BUCKETS, registry=r,
         )
+        self.reaction = Histogram(
+            "phonebridge_reaction_seconds",
+            "Time the bridge adds to a reaction, from the model's message off the socket: interrupted -> clear "
+            "sent, toolCall -> handler started, last handler returned -> tool_response sent.",
+            ["kind"], buckets=FRAME_BUCKETS, registry=r,
+        )
         self.barge_ins = Counter("phonebridge_barge_ins", "Callers interrupting the agent.", registry=r)
         self.tool_latency = Histogram(
             "phonebridge_tool_latency_seconds", "Tool handler time, by tool.", ["tool"], buckets=TOOL_BUCKETS,
@@ -149,6 +155,9 @@ class Metrics:
     def observe_transcode(self, direction: str, seconds: float) -> None:
         """Time to decode+resample ("inbound") or resample+encode ("outbound") one frame."""
         self._transcode[direction].observe(seconds)
+
+    def observe_reaction(self, kind: str, seconds: float) -> None:
+        self.reaction.labels(kind=kind).observe(seconds)
 
     def observe_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)

@@ -132,6 +132,7 @@ class LiveLink:
         self.epoch = 0  # rises whenever a connection ends: what was asked on an older one is void
         self.reconnects: dict[str, int] = {}
         self.held_dropped = 0
+        self.received_at = 0.0  # time.monotonic() when the message being handled came off the socket
 
     # -- sending (from the Twilio side's task) ---------------------------------------------------------
 
@@ -259,6 +260,7 @@ class LiveLink:
         if self._mid_turn and not self._closing:
             self._mid_turn = False
             self._log.info("the model's turn was cut by the connection switch")
+            self.received_at = time.monotonic()  # the cut is decided now: the clear's reaction counts from here
             await self._sink(Interrupted())
             await self._sink(TurnComplete())
 
@@ -328,9 +330,12 @@ class LiveLink:
         want_message = self._tap is not None
         while not self._closing:
             if reader is not None:
-                yield await reader.next(want_message)
+                events, message = await reader.next(want_message)
+                self.received_at = reader.received_at
+                yield events, message
             else:
                 async for message in session.receive():
+                    self.received_at = time.monotonic()  # after the SDK's parse: a little late
                     yield translate(message), message
 
     def _observe(self, event: ModelEvent) -> None:

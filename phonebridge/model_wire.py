@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -98,12 +99,14 @@ class SessionReader:
 
     def __init__(self, socket: Any) -> None:
         self._socket = socket
+        self.received_at = 0.0  # time.monotonic() when the last message came off the socket
 
     async def next(self, want_message: bool = False) -> tuple[list[ModelEvent], Any]:
         """The next message's events, and its LiveServerMessage if built or `want_message` (for a recorder).
         A closed connection raises APIError with its close code, as the SDK's receive does."""
         try:
             raw = await self._socket.recv(decode=False)
+            self.received_at = time.monotonic()
         except ConnectionClosed as exc:
             code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (1006, CLOSE_CODE_EXPLANATIONS.get(1006))
             genai_errors.APIError.raise_error(code, reason or "", None)

@@ -96,8 +96,10 @@ class ToolCallRunner:
     """
 
     def __init__(
-        self, dispatcher: ToolDispatcher, link: LiveLink, hold: HoldPlayer, hold_after_s: float, spawn: Spawn, log: Log
+        self, dispatcher: ToolDispatcher, link: LiveLink, hold: HoldPlayer, hold_after_s: float, spawn: Spawn, log: Log,
+        *, on_sent: Callable[[list[str | None]], None] | None = None,
     ) -> None:
+        self._on_sent = on_sent  # told the ids of each tool_response once it is on the wire
         self._dispatcher, self._link, self._hold = dispatcher, link, hold
         self._hold_after_s, self._spawn, self._log = hold_after_s, spawn, log
         self._results: dict[str, asyncio.Future[dict[str, Any]]] = {}
@@ -129,6 +131,8 @@ class ToolCallRunner:
             while len(self._results) > MAX_KEPT_RESULTS:  # bounded: oldest unclaimed results go first
                 self._results.pop(next(iter(self._results)))
             return
+        if responses and self._on_sent is not None:
+            self._on_sent([r.id for r in responses])
         for call in calls:
             self._results.pop(_call_key(call), None)
         if self._batches == 0:

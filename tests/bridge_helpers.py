@@ -27,3 +27,16 @@ def agent_audio_as_heard(connection: Connection) -> bytes:
 
 def playback_idle(caller: Any) -> bool:
     return caller.playback_idle
+
+
+def reactions(harness: Any) -> dict[str, tuple[float, float]]:
+    """phonebridge_reaction_seconds of the harness's app: {kind: (count, sum of seconds)}."""
+    from phonebridge.app import METRICS
+
+    out: dict[str, list[float]] = {}
+    for family in harness.app[METRICS].registry.collect():
+        for sample in family.samples:
+            if sample.name in ("phonebridge_reaction_seconds_count", "phonebridge_reaction_seconds_sum"):
+                slot = 0 if sample.name.endswith("_count") else 1
+                out.setdefault(sample.labels["kind"], [0.0, 0.0])[slot] = sample.value
+    return {kind: (count, total) for kind, (count, total) in out.items()}

@@ -15,7 +15,7 @@ from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import Hear, Say, Script, WaitForCaller, WaitForText
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.twilio_caller import CallRejected
-from tests.bridge_helpers import agent_audio_as_heard
+from tests.bridge_helpers import agent_audio_as_heard, reactions
 
 GREETING = "Hello, thanks for calling. How can I help?"
 
@@ -122,6 +122,8 @@ async def test_barge_in_clears_twilio_and_sends_nothing_more_of_the_cut_turn():
         await h.wait_idle()
     stats = h.runtime.finished[-1]
     assert stats.barge_ins == 1
+    count, seconds = reactions(h)["clear"]  # interrupted off the socket -> clear sent, on the bridge's clock
+    assert count == 1 and seconds < 0.5
 
 
 def media_after_clear(caller) -> bytes:

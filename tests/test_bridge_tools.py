@@ -30,7 +30,7 @@ from phonebridge.testing.live_script import (
 )
 from phonebridge.testing.live_state import Conversation
 from phonebridge.testing.speech import synth_speech
-from tests.bridge_helpers import agent_audio_as_heard
+from tests.bridge_helpers import agent_audio_as_heard, reactions
 
 GREETING = "Hello, thanks for calling."
 INTERNAL = ("failed with an internal error. Tell the caller it could not be done right now and offer another "
@@ -186,6 +186,10 @@ async def test_calls_in_one_tool_call_run_concurrently_and_are_answered_in_one_m
         await h.wait_idle()
     assert responses(conv) == [("c-a", "lookup", {"key": "a"}), ("c-b", "lookup", {"key": "b"})]
     assert tool_response_messages(conv) == [["c-a", "c-b"]]
+    # The bridge's own reaction times: two handlers started, one response for both.
+    measured = reactions(h)
+    assert measured["tool_start"][0] == 2 and measured["tool_reply"][0] == 1
+    assert measured["tool_start"][1] / 2 < 0.5 and measured["tool_reply"][1] < 0.5  # sane, not a benchmark
     h.emulator.check()
 
 
