@@ -67,8 +67,12 @@ def outbound_latencies(
     return per_chunk, first, missing
 
 
-def pair_next(starts: Sequence[float], ends: Sequence[float], window: tuple[float, float]) -> list[float]:
-    """For each start inside `window`, the delay to the first end at or after it (ends and starts sorted)."""
+def pair_next(
+    starts: Sequence[float], ends: Sequence[float], window: tuple[float, float], max_gap: float = 0.5
+) -> list[float]:
+    """For each start inside `window`, the delay to the first end at or after it (ends and starts sorted).
+    A start with no end within `max_gap` had no reaction (an `interrupted` when nothing was playing sends no
+    clear): it is skipped and leaves that end to the start it belongs to."""
     out: list[float] = []
     k = 0
     for start in starts:
@@ -76,6 +80,8 @@ def pair_next(starts: Sequence[float], ends: Sequence[float], window: tuple[floa
             k += 1
         if k == len(ends):
             break
+        if ends[k] - start > max_gap:
+            continue
         if in_window(start, window):
             out.append(ends[k] - start)
         k += 1

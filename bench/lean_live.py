@@ -202,8 +202,9 @@ class _Conversation:
                 content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
                 if number % 5 == 0:
                     content["outputTranscription"] = {"text": "word "}
+                handed = time.monotonic()  # as handed to the socket: the caller may read it before the write returns
                 await self._send({"serverContent": content})
-                sent.append(time.monotonic())
+                sent.append(handed)
                 await asyncio.sleep(max(0.0, start + (number + 1) * CHUNK_S - time.monotonic()))
         except asyncio.CancelledError:
             if not self._ws.closed:
@@ -215,9 +216,12 @@ class _Conversation:
         await self._send({"serverContent": {"turnComplete": True}})
 
     def _spawn_send(self, message: dict[str, Any], stamp: list[float] | None = None) -> None:
-        task = asyncio.ensure_future(self._send(message))
-        if stamp is not None:  # re-stamp after the write: the call left here then
-            task.add_done_callback(lambda _: stamp.__setitem__(-1, time.monotonic()))
+        async def send() -> None:
+            if stamp is not None:  # re-stamp as the message is handed to the socket: the call left here then
+                stamp[-1] = time.monotonic()
+            await self._send(message)
+
+        asyncio.ensure_future(send())
 
     async def _send(self, message: dict[str, Any]) -> None:
         if self._ws.closed:

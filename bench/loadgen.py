@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from correlate import inbound_latencies, outbound_latencies, pair_next, summary
 from lean_live import LeanLive, Timeline
 from procstat import CpuWindow, probe_loop_lag, rss_bytes
@@ -42,7 +44,7 @@ class StampedCaller(TwilioCaller):
         self.frame_times: list[float] = []
 
     async def _send_frame(self, frame: bytes) -> None:
-        await super()._send_frame(frame)
+        await super()._send_frame(frame)  # it first waits until the frame is spoken (real-time pacing)
         if self.up:
             self.frame_times.append(time.monotonic())
 
@@ -141,10 +143,20 @@ def analyse(calls: list[Call], window: tuple[float, float]) -> dict[str, Any]:
         "inbound": summary(inbound), "outbound": summary(outbound), "first_audio": summary(first),
         "clear": summary(clear), "tool_start": summary(tool_start), "tool_reply": summary(tool_reply),
         "negative": sum(1 for v in inbound + outbound if v < 0), "missing_chunks": missing,
+
         "stalls": sum(len(c.stalls) for c in calls), "stall_examples": [s for c in calls for s in c.stalls][:3],
         "barge_ins": sum(len(c.live.interrupted) for c in calls),
         "tool_calls": sum(len(c.live.tool_responses) for c in calls),
     }
+
+
+async def scrape(server_url: str) -> str:
+    """The server's /metrics text ("" if it cannot be had: the bench then prints n/a for its histograms)."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(server_url + "/metrics") as response:
+            return await response.text()
+    except (aiohttp.ClientError, OSError):
+        return ""
 
 
 async def run_step(live: LeanLive, spec: dict[str, Any]) -> dict[str, Any]:
@@ -160,10 +172,12 @@ async def run_step(live: LeanLive, spec: dict[str, Any]) -> dict[str, Any]:
     prober = asyncio.ensure_future(probe_loop_lag(lags, stop))
     cpu = CpuWindow({"serve": serve_pid, "loadgen": os.getpid()})
     await asyncio.sleep(WARMUP_S)  # pacing of the run itself: measure a steady state
+    metrics_before = await scrape(spec["server_url"])
     cpu.start()
     lag_from = len(lags)
     await asyncio.sleep(seconds)
     share = cpu.stop()
+    metrics_after = await scrape(spec["server_url"])
     rss_during = rss_bytes(serve_pid)
     stop.set()
     await asyncio.gather(*[asyncio.wait_for(c.caller.hangup(), 5.0) for c in calls], return_exceptions=True)
@@ -176,6 +190,7 @@ async def run_step(live: LeanLive, spec: dict[str, Any]) -> dict[str, Any]:
         "serve_rss_before": rss_before, "serve_rss_during": rss_during,
         "rss_per_call": (rss_during - rss_before) / n, "cpu_per_call": share["serve"] / n,
         "loadgen_lag": summary(lags[lag_from:]),
+        "metrics_before": metrics_before, "metrics_after": metrics_after,  # the server's histograms, both ends
     })
     return result
 

@@ -70,21 +70,35 @@ def _stop(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
             proc.wait(5.0)
 
 
-def scrape_p99_buckets(port: int) -> dict[str, float]:
-    """The bridge's own view: the upper bound of the bucket holding its p99, per direction (Prometheus)."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as response:
-        text = response.read().decode()
-    out: dict[str, float] = {}
-    for direction in ("inbound", "outbound"):
-        pattern = rf'phonebridge_bridge_latency_seconds_bucket\{{direction="{direction}",le="([^"]+)"\}} (\S+)'
-        out[direction] = _p99_bucket(re.findall(pattern, text))
+SERIES = {
+    "inbound": r'phonebridge_bridge_latency_seconds_bucket\{direction="inbound",le="([^"]+)"\} (\S+)',
+    "outbound": r'phonebridge_bridge_latency_seconds_bucket\{direction="outbound",le="([^"]+)"\} (\S+)',
     # How late the server's loop ran its timers: queueing behind other calls, which the histogram above misses.
-    out["loop_lag"] = _p99_bucket(re.findall(r'phonebridge_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)', text))
+    "loop_lag": r'phonebridge_event_loop_lag_seconds_bucket\{le="([^"]+)"\} (\S+)',
+    # The bridge's own reaction times (its clock: message off the socket -> clear / handler / response sent).
+    **{f"reaction_{kind}": rf'phonebridge_reaction_seconds_bucket\{{kind="{kind}",le="([^"]+)"\}} (\S+)'
+       for kind in ("clear", "tool_start", "tool_reply")},
+}
+
+
+def scrape_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5.0) as response:
+        return str(response.read().decode())
+
+
+def p99_buckets(after: str, before: str = "") -> dict[str, float]:
+    """The bridge's own view, from its Prometheus histograms: the upper bound of the bucket holding the p99 of
+    each series, over the samples added between the `before` and `after` scrapes (the measured window: not
+    the dialling, whose TLS handshakes hold the loop)."""
+    out: dict[str, float] = {}
+    for name, pattern in SERIES.items():
+        earlier = {le: float(n) for le, n in re.findall(pattern, before)}
+        out[name] = _p99_bucket([(le, float(n) - earlier.get(le, 0.0)) for le, n in re.findall(pattern, after)])
     return out
 
 
-def _p99_bucket(found: list[tuple[str, str]]) -> float:
-    buckets = [(float(le), float(n)) for le, n in found]
+def _p99_bucket(found: list[tuple[str, float]]) -> float:
+    buckets = [(float(le), n) for le, n in found]
     total = buckets[-1][1] if buckets else 0.0
     return next((le for le, n in buckets if total and n >= 0.99 * total), float("nan"))
 
@@ -119,7 +133,7 @@ def run_step(calls: int, seconds: float, profile: Path | None = None) -> dict[st
         gen.stdin.write(json.dumps(spec) + "\n")
         gen.stdin.flush()
         result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 60)["result"])
-        result["bridge_p99_bucket"] = scrape_p99_buckets(port)
+        result["bridge_p99_bucket"] = p99_buckets(result.pop("metrics_after", ""), result.pop("metrics_before", ""))
         return result
     finally:
         if spy is not None:

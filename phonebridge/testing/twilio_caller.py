@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import secrets
+import time
 import uuid
 from collections.abc import Callable
 from os import PathLike
@@ -112,7 +113,7 @@ class TwilioCaller:
         self._cursor = 0.0  # where the next media frame starts on the timeline
         self._vnow = 0.0  # the timeline at infinite speed
         self._t0: float | None = None
-        self.started_at: float | None = None  # the event loop's time when the stream started (timeline 0)
+        self.started_at: float | None = None  # time.monotonic() when the stream started (timeline 0)
 
     # -- dialling ---------------------------------------------------------------------------------------
 
@@ -164,7 +165,9 @@ class TwilioCaller:
             self._ws = await self._session.ws_connect(self._local(self.stream_url), headers=headers)
         except aiohttp.WSServerHandshakeError as exc:
             raise CallRejected(exc.status, exc.message, "the media WebSocket upgrade was refused") from exc
-        self._t0 = self.started_at = asyncio.get_running_loop().time()
+        # time.monotonic(), not the loop's clock: the same under asyncio, and uvloop's is cached per iteration
+        # (a millisecond stale), which would make arrival times earlier than the sends that caused them.
+        self._t0 = self.started_at = time.monotonic()
         await self.send_raw(self._core.connected())
         await self._send(lambda: self._core.start(self.parameters, RATE))
         self._tasks.append(asyncio.create_task(self._read()))
@@ -343,7 +346,7 @@ class TwilioCaller:
             return self._vnow
         if self._t0 is None:
             return 0.0
-        return (asyncio.get_running_loop().time() - self._t0) * self.speed
+        return (time.monotonic() - self._t0) * self.speed
 
     def _notify(self) -> None:
         self._changed.set()
