@@ -14,7 +14,8 @@ service does) or an abrupt drop (TCP abort, no close frame).
 A call counts as dropped if the server closed it, if it could not be dialled, or if the agent stayed silent
 for three utterances in a row; otherwise it completed. Reconnects come from the server's /metrics. RSS is
 sampled once all slots are up (start), every 30 s, and before the last calls hang up (end); the first half
-of the run is warm-up, and the second half may grow by at most 5 % (noise).
+of the run is warm-up, and the second half may grow by at most 5 % (noise); judged on runs of 5 minutes or
+more, since warm-up takes minutes.
 Exit status: 0 when no call dropped, RSS held over the second half and the server exited 0 after SIGTERM,
 1 otherwise.
 """
@@ -50,6 +51,7 @@ ANSWER_TIMEOUT_S = 15.0  # after an utterance: the agent answers within this, or
 SILENT_LIMIT = 3  # unanswered utterances in a row that make a call dropped
 THINK_S = 0.3
 RSS_NOISE = 0.05  # RSS growth over the second half of the run that still counts as noise
+RSS_MIN_MINUTES = 5.0  # at 100 calls RSS fills the allocator's pools for 3-4 minutes before it is flat
 
 
 class ChaosLive(LeanLive):
@@ -289,7 +291,7 @@ async def soak(args: argparse.Namespace) -> int:
         await reader
         await live.stop()
     report(args, tally, reconnects, outcomes, exit_code, server, time.monotonic() - started, live)
-    rss_held = len(tally.rss) < 2 or steady_growth(tally.rss)[1] <= RSS_NOISE * steady_growth(tally.rss)[0]
+    rss_held = len(tally.rss) < 2 or rss_verdict(args.minutes, *steady_growth(tally.rss)) != "FAIL"
     return 0 if not tally.dropped and exit_code == 0 and rss_held else 1
 
 
@@ -299,6 +301,12 @@ def steady_growth(samples: list[tuple[float, int]]) -> tuple[int, int]:
     middle = (samples[0][0] + samples[-1][0]) / 2
     half = min(samples, key=lambda sample: abs(sample[0] - middle))[1]
     return half, samples[-1][1] - half
+
+
+def rss_verdict(minutes: float, half: int, growth: int) -> str:
+    if minutes < RSS_MIN_MINUTES:
+        return f"n/a (judged on runs of {RSS_MIN_MINUTES:g} min or more: warm-up takes minutes)"
+    return "PASS" if growth <= RSS_NOISE * half else "FAIL"
 
 
 def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float], outcomes: dict[str, float],
@@ -316,7 +324,7 @@ def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float],
         print(f"  server RSS           start {rss[0] / mib:.1f} MiB, end {rss[-1] / mib:.1f} MiB, "
               f"peak {max(rss) / mib:.1f} MiB, growth {(rss[-1] - rss[0]) / mib:+.1f} MiB over {len(rss)} samples")
         half, growth = steady_growth(tally.rss)
-        verdict = "PASS" if growth <= RSS_NOISE * half else "FAIL"
+        verdict = rss_verdict(args.minutes, half, growth)
         print(f"  RSS, second half     {half / mib:.1f} -> {rss[-1] / mib:.1f} MiB ({growth / mib:+.1f} MiB; target: "
               f"no growth beyond noise, <= {RSS_NOISE:.0%}) {verdict}")
         print("  RSS samples (MiB)    " + " ".join(f"{value / mib:.1f}" for value in rss))
