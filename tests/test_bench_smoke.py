@@ -45,6 +45,11 @@ def test_pair_next_takes_the_first_end_after_each_start() -> None:
     assert correlate.pair_next([1.0, 2.0, 5.0], [1.0004, 2.0009], (0.0, 9.0)) == pytest.approx([0.0004, 0.0009])
 
 
+def test_pair_next_skips_a_start_that_had_no_reaction() -> None:
+    # The interrupted at 2.0 found nothing playing (no clear): the clear at 3.0001 is the one at 3.0's.
+    assert correlate.pair_next([1.0, 2.0, 3.0], [1.0004, 3.0001], (0.0, 9.0)) == pytest.approx([0.0004, 0.0001])
+
+
 def test_best_step_ignores_generator_bound_and_slow_steps() -> None:
     def step(calls: int, p99: float, bound: bool = False) -> dict[str, object]:
         return {"calls": calls, "generator_bound": bound, "inbound": {"p99": p99}, "outbound": {"p99": p99}}
@@ -76,3 +81,28 @@ def _fake_audio() -> dict[str, float]:
             "inbound_delay_ms", "inbound_transcode_us", "outbound_transcode_us", "sdk_send_us", "send_floor_us",
             "sdk_outbound_per_frame_us", "recv_floor_us")
     return {key: 1.0 for key in keys}
+
+
+def test_soak_judges_rss_over_the_second_half_of_a_long_enough_run() -> None:
+    import soak
+
+    mib = 1024 * 1024
+    samples = [(0.0, 150 * mib), (150.0, 190 * mib), (300.0, 200 * mib), (450.0, 202 * mib), (600.0, 204 * mib)]
+    half, growth = soak.steady_growth(samples)
+    assert (half, growth) == (200 * mib, 4 * mib)  # the warm-up before half time does not count
+    assert soak.rss_verdict(10, half, growth) == "PASS"
+    assert soak.rss_verdict(10, half, 11 * mib) == "FAIL"  # more than 5 % over the second half
+    assert soak.rss_verdict(2, half, 11 * mib).startswith("n/a")  # too short: still warming up
+
+
+def test_bridge_histograms_are_read_over_the_measured_window_only() -> None:
+    import steps
+
+    def text(counts: list[int]) -> str:
+        les = ["0.00025", "0.0005", "0.001", "+Inf"]
+        return "".join(f'phonebridge_reaction_seconds_bucket{{kind="clear",le="{le}"}} {n}\n' for le, n in zip(les, counts))
+
+    before = text([0, 0, 0, 10])  # ten slow reactions while dialling
+    after = text([100, 100, 100, 110])  # then a hundred fast ones in the window
+    assert steps.p99_buckets(after, before)["reaction_clear"] == 0.00025
+    assert steps.p99_buckets(after)["reaction_clear"] == math.inf  # over the whole life, the dialling's show
