@@ -108,15 +108,20 @@ class ToolCallRunner:
     def on_tool_calls(self, calls: Sequence[types.FunctionCall]) -> None:
         self._hold.tools_started()
         self._batches += 1
-        self._spawn(self._answer(calls))
-
-    async def _answer(self, calls: Sequence[types.FunctionCall]) -> None:
-        epoch = self._link.epoch
         loop = asyncio.get_running_loop()
         fresh, shared = self._split(calls, loop)
-        hold = loop.call_later(self._hold_after_s, self._hold.start)
+        # The handlers start here, in the step that read the toolCall, not one loop hop later from a task.
+        started = self._dispatcher.start(fresh)
+        self._spawn(self._answer(calls, self._link.epoch, fresh, shared, started))
+
+    async def _answer(
+        self, calls: Sequence[types.FunctionCall], epoch: int, fresh: list[types.FunctionCall],
+        shared: list[tuple[types.FunctionCall, asyncio.Future[dict[str, Any]]]],
+        started: list[asyncio.Task[types.FunctionResponse]],
+    ) -> None:
+        hold = asyncio.get_running_loop().call_later(self._hold_after_s, self._hold.start)
         try:
-            answered = {r.id: r for r in await self._dispatcher.dispatch(fresh)}
+            answered = {r.id: r for r in await self._dispatcher.collect(started)}
             self._settle(fresh, answered)
             for call, future in shared:
                 with contextlib.suppress(asyncio.CancelledError):

@@ -232,6 +232,11 @@ class ToolDispatcher:
 
         An empty list means there is nothing to send (every call was cancelled, or the dispatcher closed).
         """
+        return await self.collect(self.start(calls))
+
+    def start(self, calls: Sequence[types.FunctionCall]) -> list[asyncio.Task[types.FunctionResponse]]:
+        """Start the calls' handlers now, from the caller's own step of the loop: every hop through the
+        loop before a handler starts is dead air for the caller (1-2 ms each at 100 calls a core)."""
         if self._closed:
             self._log.info("tool calls %s after close: not run", [c.name for c in calls])
             return []
@@ -239,7 +244,11 @@ class ToolDispatcher:
         for task, call in zip(tasks, calls):
             self._running[task] = call.id
             task.add_done_callback(self._forget)
-        # A task cancelled through cancel()/aclose() yields CancelledError here, not in dispatch itself.
+        return tasks
+
+    async def collect(self, tasks: Sequence[asyncio.Task[types.FunctionResponse]]) -> list[types.FunctionResponse]:
+        """The started calls' responses in call order, minus those cancelled meanwhile."""
+        # A task cancelled through cancel()/aclose() yields CancelledError here, not in collect itself.
         results = await asyncio.gather(*tasks, return_exceptions=True)
         responses = []
         for result in results:
