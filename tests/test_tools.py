@@ -370,3 +370,33 @@ async def test_example_pizzeria_handlers_answer_as_documented() -> None:
                                         "receipt."}),
     ]
     assert ctx.state == {"bookings": ["B-001"]}
+
+
+async def test_a_lone_call_cancelled_by_the_model_gets_no_response_and_ours_propagates() -> None:
+    registry = ToolRegistry()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def wait_forever() -> None:
+        """Waits."""
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    registry.register(wait_forever)
+    d, _ = dispatcher(registry)
+    # toolCallCancellation for the only call: nothing to answer.
+    job = asyncio.create_task(d.dispatch([fc("wait_forever", "w")]))
+    await started.wait()
+    d.cancel(["w"])
+    assert await job == []
+    # The call ending (our task cancelled) is not a cancelled tool call: it propagates, and the handler stops.
+    started.clear()
+    stopped.clear()
+    job = asyncio.create_task(d.dispatch([fc("wait_forever", "w2")]))
+    await started.wait()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert stopped.is_set()
