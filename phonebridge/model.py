@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
 from google import genai
@@ -324,7 +324,7 @@ class LiveLink:
             raise
         return "closed"
 
-    async def _messages(self, session: Any) -> AsyncIterator[tuple[list[ModelEvent], Any]]:
+    async def _messages(self, session: Any) -> AsyncGenerator[tuple[list[ModelEvent], Any], None]:
         """Each server message's events (and the SDK's message, for the recorder) until we close."""
         reader = reader_for(session) if self._fast_audio else None
         want_message = self._tap is not None

@@ -81,7 +81,8 @@ def sdk_message(data: dict[str, Any]) -> types.LiveServerMessage:
     """What `AsyncSession._receive` makes of one decoded server message (Gemini API), errors included."""
     converted = _live_converters._LiveServerMessage_from_mldev(data)
     if not converted and data:
-        genai_errors.APIError.raise_error(data.get("code"), data, None)
+        code = data.get("code")  # an error object without a code is a server error (the SDK would TypeError)
+        genai_errors.APIError.raise_error(code if isinstance(code, int) else 500, data, None)
     return types.LiveServerMessage._from_response(response=converted, kwargs={})
 
 

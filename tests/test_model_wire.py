@@ -121,6 +121,9 @@ async def test_wire_events_equal_the_sdks_own_receive_for_every_message_the_emul
 def test_a_server_error_message_raises_as_the_sdk_does():
     with pytest.raises(genai_errors.APIError):
         sdk_message({"code": 3, "message": "bad request"})
+    with pytest.raises(genai_errors.APIError) as raised:  # no code: a server error, not the SDK's TypeError
+        sdk_message({"message": "something broke"})
+    assert raised.value.code == 500
 
 
 async def _link_events(fast_audio: bool) -> list:
