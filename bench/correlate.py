@@ -1,7 +1,7 @@
 """Pure functions that turn the load generator's timestamps into the bridge's added latencies (no I/O).
 
 All times are time.monotonic() seconds taken in the load generator, on both sides of the bridge.
-- Inbound: the caller's k-th media frame (stamped when written to the socket) is the bridge's k-th
+- Inbound: the caller's k-th media frame (stamped as it is handed to its socket) is the bridge's k-th
   realtime audio message (stamped when the Live server read it): the inbound transcoder turns each 160-byte
   frame into exactly one 640-byte message, in order.
 - Outbound: the Live server sends whole 40 ms chunks (1920 bytes at 24 kHz); each becomes exactly two

@@ -37,16 +37,21 @@ THINK_S = 0.3  # the caller's pause after the agent stops, before answering
 
 
 class StampedCaller(TwilioCaller):
-    """A TwilioCaller that notes when each media frame left for the socket (after the write returned)."""
+    """A TwilioCaller that notes when each media frame is handed to its socket: stamped as the frame is built,
+    under the wire lock, just before the write. Stamping after the write returned was late whenever the write
+    yielded, and the Live side of this same process could read the bridge's message for the frame first."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.frame_times: list[float] = []
+        build = self._core.media
 
-    async def _send_frame(self, frame: bytes) -> None:
-        await super()._send_frame(frame)  # it first waits until the frame is spoken (real-time pacing)
-        if self.up:
+        def stamped(frame: bytes, start: float) -> str:
+            text = build(frame, start)
             self.frame_times.append(time.monotonic())
+            return text
+
+        self._core.media = stamped  # type: ignore[method-assign]
 
 
 @dataclass
