@@ -469,6 +469,8 @@ class CallSession:
         """Drop the call's parts. Each holds callbacks into this session, so the call's whole object graph
         (transcoders, state, transcript, the model's history) would be a reference cycle that only the
         cyclic GC's rare full collections free: at 100 concurrent calls RSS climbed ~0.4 MiB a call."""
+        if self._link is not None:
+            self._link.detach()
         self._link = None
         self._dispatcher = None
         self._hold = None

@@ -193,6 +193,16 @@ class LiveLink:
             else:
                 self._history.append(types.Content(role=role, parts=[types.Part(text=text)]))
 
+    def detach(self) -> None:
+        """After the conversation: forget the call's callbacks and transcript. A closed connection's error can
+        sit in a reference cycle inside websockets for a while, with this link on its frames; detached, the
+        link no longer holds the call's whole object graph with it."""
+        self._closing = True
+        self._sink = _discard
+        self._tap = None
+        self._on_reconnect = None
+        self._history = []
+
     async def close(self) -> None:
         self._closing = True
         session, self._session = self._session, None
@@ -351,6 +361,10 @@ class LiveLink:
             # Switch at the next resumable point, or with a margin before the server's deadline.
             self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)
             self._log.info("model goAway: %.1f s left; switching connections", event.time_left_s)
+
+
+async def _discard(event: ModelEvent) -> None:
+    return None
 
 
 def _cause(exc: BaseException) -> str:
