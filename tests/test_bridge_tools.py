@@ -193,6 +193,20 @@ async def test_calls_in_one_tool_call_run_concurrently_and_are_answered_in_one_m
     h.emulator.check()
 
 
+def add_slow_lookup(agent: Agent) -> tuple[asyncio.Event, asyncio.Event]:
+    """Register a `lookup` tool that answers "found it" once released; the events say it started and release it."""
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    @agent.tool
+    async def lookup() -> str:
+        """Slow back office."""
+        entered.set()
+        await release.wait()
+        return "found it"
+
+    return entered, release
+
+
 def add_never_returning_tool(agent: Agent, name: str) -> tuple[asyncio.Event, asyncio.Event]:
     """Register an async tool `name` that never returns; the events say it started and was cancelled."""
     entered, cancelled = asyncio.Event(), asyncio.Event()
@@ -241,14 +255,7 @@ async def test_cancellation_cancels_the_handler_and_sends_nothing_for_its_id():
 
 async def test_hold_sound_plays_while_a_handler_is_slow_and_stops_when_the_model_speaks():
     agent = make_agent(hold_sound_after_s=0.2)
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    @agent.tool
-    async def lookup() -> str:
-        """Slow back office."""
-        entered.set()
-        await release.wait()
-        return "found it"
+    entered, release = add_slow_lookup(agent)
 
     answer = "Here is what I found for you."
     script = Script([WaitForText(), Say(GREETING), calls(ToolCallSpec("lookup", {}, id="fc-h")), Say(answer)])
@@ -283,14 +290,7 @@ async def test_hold_sound_plays_while_a_handler_is_slow_and_stops_when_the_model
 
 async def test_caller_audio_keeps_reaching_the_model_while_a_handler_runs():
     agent = make_agent()
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    @agent.tool
-    async def lookup() -> str:
-        """Slow back office."""
-        entered.set()
-        await release.wait()
-        return "found it"
+    entered, release = add_slow_lookup(agent)
 
     script = Script([WaitForText(), calls(ToolCallSpec("lookup", {}, id="fc-1")), Say("Found it.")])
     async with BridgeHarness(agent, script) as h:

@@ -251,8 +251,8 @@ async def test_calls_run_concurrently_and_are_answered_together_in_call_order() 
     assert responses(out) == [("1", "a", {"result": "a"}), ("2", "b", {"result": "b"})]
 
 
-async def test_cancellation_sends_nothing_and_cancels_the_handler() -> None:
-    registry = ToolRegistry()
+def register_wait_forever(registry: ToolRegistry) -> tuple[asyncio.Event, asyncio.Event]:
+    """Register a `wait_forever` tool that never returns; the events say it started and was cancelled."""
     started, cancelled = asyncio.Event(), asyncio.Event()
 
     async def wait_forever() -> None:
@@ -264,12 +264,19 @@ async def test_cancellation_sends_nothing_and_cancels_the_handler() -> None:
             cancelled.set()
             raise
 
+    registry.register(wait_forever)
+    return started, cancelled
+
+
+async def test_cancellation_sends_nothing_and_cancels_the_handler() -> None:
+    registry = ToolRegistry()
+    started, cancelled = register_wait_forever(registry)
+
     async def quick() -> str:
         """Quick."""
         await started.wait()
         return "ok"
 
-    registry.register(wait_forever)
     registry.register(quick)
     outcomes: list[ToolOutcome] = []
     d, _ = dispatcher(registry, on_outcome=outcomes.append)
@@ -374,17 +381,7 @@ async def test_example_pizzeria_handlers_answer_as_documented() -> None:
 
 async def test_a_lone_call_cancelled_by_the_model_gets_no_response_and_ours_propagates() -> None:
     registry = ToolRegistry()
-    started, stopped = asyncio.Event(), asyncio.Event()
-
-    async def wait_forever() -> None:
-        """Waits."""
-        started.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            stopped.set()
-
-    registry.register(wait_forever)
+    started, stopped = register_wait_forever(registry)
     d, _ = dispatcher(registry)
     # toolCallCancellation for the only call: nothing to answer.
     job = asyncio.create_task(d.dispatch([fc("wait_forever", "w")]))
