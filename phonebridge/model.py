@@ -2,9 +2,15 @@
 
 `build_config` states what gemini-3.1-flash-live-preview accepts (and leaves out what it refuses:
 proactivity, affective dialog, thinking budgets). `LiveLink` keeps one logical conversation alive across
-connections: it resumes with the latest handle on `goAway` or on a dropped connection, holds caller audio
-(bounded) while it switches, and falls back to a fresh session seeded with the transcript when the
-service refuses the handle.
+connections: it resumes with the latest handle on `goAway` or on a dropped connection, and falls back to a
+fresh session seeded with the transcript when the service refuses the handle.
+
+A handle stands for the session's state when the service issued it; what the client sent after that is not
+in it. So the link keeps the caller audio and texts sent since the last handle (bounded) and sends them again
+on the next connection: the documented way to reconnect without losing input. Only Vertex's `transparent`
+mode says exactly which message a handle includes (the Developer API refuses it), so a handle is taken to
+include what was sent up to CONFIRM_MARGIN_S before it arrived: messages still in flight are sent again,
+at the cost of the model hearing a fraction of a second of audio twice at a switch.
 """
 
 from __future__ import annotations
@@ -30,8 +36,13 @@ from phonebridge.model_events import (
 from phonebridge.model_wire import reader_for
 
 AUDIO_MIME = "audio/pcm;rate=16000"
-# Caller audio held while the model connection switches: 2 s of 16 kHz PCM in 20 ms frames.
-HELD_FRAMES = 100
+# Caller audio kept since the last confirmed handle, replayed on the next connection: 6 s of 16 kHz PCM
+# in 20 ms frames (192 KB a call at most). Older audio goes first; usually this holds one utterance.
+REPLAY_FRAMES = 300
+# Texts (greeting prompt, keypad notices) kept the same way; they are few and small.
+REPLAY_TEXTS = 16
+# What was sent this long before a handle arrived may still have been in flight when it was issued.
+CONFIRM_MARGIN_S = 0.2
 # A connection that lived this long had recovered; its loss starts a fresh count of attempts.
 STABLE_CONNECTION_S = 5.0
 # How long closing an abandoned connection may take before we move on without it.
@@ -123,7 +134,11 @@ class LiveLink:
         self._handle: str | None = None
         self._resumable = False
         self._closing = False
-        self._held: deque[bytes] = deque(maxlen=HELD_FRAMES)
+        # (sequence, time.monotonic() when sent, message) since the last handle: sent again on the next
+        # connection. The sequence keeps audio and texts in their original order.
+        self._replay_audio: deque[tuple[int, float, bytes]] = deque(maxlen=REPLAY_FRAMES)
+        self._replay_texts: deque[tuple[int, float, str]] = deque(maxlen=REPLAY_TEXTS)
+        self._sequence = 0
         self._history: list[types.Content] = []
         self._switch_due: float | None = None
         self._mid_turn = False
@@ -131,43 +146,54 @@ class LiveLink:
         self.connections = 0
         self.epoch = 0  # rises whenever a connection ends: what was asked on an older one is void
         self.reconnects: dict[str, int] = {}
-        self.held_dropped = 0
+        self.held_dropped = 0  # caller audio pushed out of the replay buffer while no connection was up
+        self.replayed = 0  # messages sent again on a new connection
         self.received_at = 0.0  # time.monotonic() when the message being handled came off the socket
 
     # -- sending (from the Twilio side's task) ---------------------------------------------------------
 
     async def send_audio(self, pcm16k: bytes) -> None:
+        """Send a frame of caller audio, or hold it for the next connection while there is none."""
         session = self._session
-        if session is None:
-            if len(self._held) == self._held.maxlen:
-                self.held_dropped += 1
-            self._held.append(pcm16k)
-            return
+        if session is None and len(self._replay_audio) == REPLAY_FRAMES:
+            self.held_dropped += 1
+        self._sequence += 1
+        self._replay_audio.append((self._sequence, time.monotonic(), pcm16k))
+        if session is not None:
+            try:
+                await self._send_audio_now(session, pcm16k)
+            except Exception as exc:  # noqa: BLE001 - a dying connection: the replay buffer has the audio
+                self._log.debug("audio send failed; the next connection gets it again: %r", exc)
+
+    async def _send_audio_now(self, session: Any, pcm16k: bytes) -> None:
         if self._tap is not None:
             self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": pcm16k}}})
-        try:
-            # The session's socket (a private SDK attribute) when present; the public method otherwise.
-            socket = getattr(session, "_ws", None) if self._fast_audio else None
-            if socket is not None:
-                await socket.send(audio_message(pcm16k))
-            else:
-                await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
-        except Exception as exc:  # noqa: BLE001 - a dying connection: keep the audio for the next one
-            self._log.debug("audio send failed, holding it for the next connection: %r", exc)
-            self._held.append(pcm16k)
+        # The session's socket (a private SDK attribute) when present; the public method otherwise.
+        socket = getattr(session, "_ws", None) if self._fast_audio else None
+        if socket is not None:
+            await socket.send(audio_message(pcm16k))
+        else:
+            await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
 
     async def send_text(self, text: str) -> bool:
+        """Send a text turn. True once sent, or held for the connection being opened; False after close."""
+        if self._closing:
+            return False
+        self._sequence += 1
+        self._replay_texts.append((self._sequence, time.monotonic(), text))
         session = self._session
         if session is None:
-            return False
+            return True
+        try:
+            await self._send_text_now(session, text)
+        except Exception as exc:  # noqa: BLE001 - the replay buffer has it for the next connection
+            self._log.info("text to the model goes again on the next connection: %r", exc)
+        return True
+
+    async def _send_text_now(self, session: Any, text: str) -> None:
         if self._tap is not None:
             self._tap("model_out", {"realtime_input": {"text": text}})
-        try:
-            await session.send_realtime_input(text=text)
-        except Exception as exc:  # noqa: BLE001
-            self._log.warning("text to the model was lost with its connection: %r", exc)
-            return False
-        return True
+        await session.send_realtime_input(text=text)
 
     async def send_tool_response(self, responses: Sequence[types.FunctionResponse]) -> bool:
         session = self._session
@@ -202,6 +228,8 @@ class LiveLink:
         self._tap = None
         self._on_reconnect = None
         self._history = []
+        self._replay_audio.clear()
+        self._replay_texts.clear()
 
     async def close(self) -> None:
         self._closing = True
@@ -294,19 +322,38 @@ class LiveLink:
             turns: list[types.Content | types.ContentDict] = list(self._history)
             await session.send_client_content(turns=turns, turn_complete=True)
         self.connections += 1
-        self._session = session
         self._switch_due = None
         self._log.info(
             "model connected in %.0f ms (%s%s)", (time.monotonic() - started) * 1000, cause,
             ", resumed" if self._handle else "",
         )
-        while self._held:
-            held = self._held.popleft()
-            if self._tap is not None:
-                self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": held}}})
-            await session.send_realtime_input(audio=types.Blob(data=held, mime_type=AUDIO_MIME))
+        await self._replay(session)
+        self._session = session  # only now: what the caller says meanwhile is held, then sent in order
         self.ready.set()
         return session
+
+    async def _replay(self, session: Any) -> None:
+        """What was sent since the last confirmed handle is not in the state this connection starts from."""
+        done = audio = texts = 0
+        while True:  # the caller goes on talking while we send: loop until nothing newer is left
+            pending = sorted([(seq, pcm) for seq, _, pcm in self._replay_audio if seq > done]
+                             + [(seq, text) for seq, _, text in self._replay_texts if seq > done])
+            if not pending:
+                break
+            for seq, message in pending:
+                if isinstance(message, bytes):
+                    await self._send_audio_now(session, message)
+                    audio += 1
+                else:
+                    await self._send_text_now(session, message)
+                    texts += 1
+                done = seq
+        now = time.monotonic()  # sent again now: only a handle issued after this includes them
+        self._replay_audio = deque(((seq, now, pcm) for seq, _, pcm in self._replay_audio), maxlen=REPLAY_FRAMES)
+        self._replay_texts = deque(((seq, now, text) for seq, _, text in self._replay_texts), maxlen=REPLAY_TEXTS)
+        if (audio or texts) and self.connections > 1:
+            self.replayed += audio + texts
+            self._log.info("sent %d audio frames and %d texts again on the new connection", audio, texts)
 
     async def _receive(self, session: Any) -> str:
         """Deliver events until this connection should be replaced; return why.
@@ -348,6 +395,12 @@ class LiveLink:
                     self.received_at = time.monotonic()  # after the SDK's parse: a little late
                     yield translate(message), message
 
+    def _confirm(self, before: float) -> None:
+        """A new handle includes what was sent before `before`: no need to send that again."""
+        for buffer in (self._replay_audio, self._replay_texts):
+            while buffer and buffer[0][1] < before:
+                buffer.popleft()
+
     def _observe(self, event: ModelEvent) -> None:
         if isinstance(event, (AudioOut, OutputText, ToolCalls)):
             self._mid_turn = True
@@ -357,6 +410,7 @@ class LiveLink:
             self._resumable = event.resumable
             if event.resumable and event.handle:
                 self._handle = event.handle
+                self._confirm((self.received_at or time.monotonic()) - CONFIRM_MARGIN_S)
         elif isinstance(event, GoAway):
             # Switch at the next resumable point, or with a margin before the server's deadline.
             self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)

@@ -20,7 +20,7 @@ import aiohttp
 from google import genai
 
 from phonebridge.agent import Agent
-from phonebridge.model import HELD_FRAMES, LiveLink
+from phonebridge.model import REPLAY_FRAMES, LiveLink
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
 from tests.test_hostile import CONNECTED, media_socket_headers, start_frame
@@ -39,10 +39,10 @@ async def test_caller_audio_held_during_a_model_switch_is_a_fixed_size_ring():
     link = LiveLink(genai.Client(api_key="unused"), make_agent(), [], sink,
                     logger=logging.LoggerAdapter(logging.getLogger("test"), {}))
     frame = b"\x00\x01" * 320
-    for _ in range(HELD_FRAMES * 10):  # 20 s of caller audio with no model connection
+    for _ in range(REPLAY_FRAMES * 10):  # 60 s of caller audio with no model connection
         await link.send_audio(frame)
-    assert link.held_dropped == HELD_FRAMES * 9
-    assert HELD_FRAMES == 100  # 2 s of 20 ms frames: the documented bound
+    assert link.held_dropped == REPLAY_FRAMES * 9
+    assert REPLAY_FRAMES == 300  # 6 s of 20 ms frames: the documented bound
 
 
 def small_receive_buffer(addr_info: Any) -> socket.socket:

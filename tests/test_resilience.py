@@ -194,3 +194,69 @@ async def test_go_away_while_the_model_speaks_switches_at_the_deadline_and_cuts_
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in text_string_to_metric_families(body.decode()) for s in f.samples}
     assert samples[("phonebridge_live_reconnects_total", (("cause", "go_away"),))] == 1.0
+
+
+# ---- input since the last handle is sent again: a handle stands for the state when it was issued ----------
+
+def sent_audio(h: BridgeHarness, index: int) -> bool:
+    conns = h.emulator.connections
+    return len(conns) > index and any(s.kind == "audio" for s in conns[index].sent)
+
+
+async def test_a_greeting_cut_by_a_drop_is_asked_for_again_on_the_resumed_connection():
+    script = Script([WaitForText(contains="Greet"), Say("Hello there, how can I help?", seconds=2.0),
+                     WaitForCaller(), Hear("question"), Say("An answer.")])
+    async with BridgeHarness(make_agent(), script, speed=20.0) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            await h.emulator.wait_for(lambda: sent_audio(h, 0))  # the greeting has begun
+            await h.emulator.connections[0].drop()
+            await h.emulator.wait_for(lambda: connected(h, 2))
+            second = h.emulator.connections[1]
+            # The only handle is the one issued at setup, before the prompt: without the prompt sent again,
+            # the resumed model would wait for it and the caller would hear nothing.
+            assert second.resumed_from == "emu-0-1"
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)  # the cut greeting, then a whole one
+            assert second.texts() == ["Greet the caller."]
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 3)
+            assert not caller.closed_by_server
+        await h.wait_idle()
+    assert h.runtime.finished[-1].outcome == "caller_hung_up"
+    h.emulator.check()
+
+
+async def test_a_question_whose_answer_a_drop_cut_is_heard_again_and_answered():
+    script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Hear("question"),
+                     Say("An answer that takes a while.", seconds=2.0), WaitForCaller()])
+    async with BridgeHarness(make_agent(), script, speed=20.0) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            await speak(caller)
+            await h.emulator.wait_for(lambda: conv(h).next_step == 5)  # the answer has begun
+            await h.emulator.connections[0].drop()
+            await h.emulator.wait_for(lambda: connected(h, 2))
+            second = h.emulator.connections[1]
+            assert second.resumed_from == "emu-0-2"  # issued after "Hello.", before the question
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 3)  # hello, the cut answer, the answer
+            # The question reached the new connection again: the caller's speech at 16 kHz, twice its 8 kHz bytes.
+            assert len(second.audio_in()) >= len(SPEECH) * 2
+            assert not caller.closed_by_server
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.outcome == "caller_hung_up"
+    assert [who for _, who, _ in stats.transcript].count("agent") >= 2
+    h.emulator.check()
+
+
+async def test_a_key_pressed_as_the_connection_drops_still_reaches_the_model():
+    script = Script([WaitForText(contains="Greet"), Say("Hello."), WaitForText(contains="pressed 5"), Say("Five.")])
+    async with BridgeHarness(make_agent(), script, speed=20.0) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            await h.emulator.connections[0].drop()
+            await caller.press("5")  # on the dead connection, or held while the bridge reconnects
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+            assert any("pressed 5" in text for c in h.emulator.connections for text in c.texts())
+        await h.wait_idle()
+    assert h.runtime.finished[-1].outcome == "caller_hung_up"
+    h.emulator.check()

@@ -24,7 +24,9 @@ from google.genai import types
 from phonebridge.testing import live_wire as wire
 from phonebridge.testing.live_runner import run_conversation, send_resumable
 from phonebridge.testing.live_script import Script, default_script
-from phonebridge.testing.live_state import Connection, ConnectionGone, Conversation, Received, ToolResponseRecord
+from phonebridge.testing.live_state import (
+    Connection, ConnectionGone, Conversation, ConversationState, Received, ToolResponseRecord,
+)
 from phonebridge.testing.tls import LocalTLS
 
 __all__ = ["LiveEmulator", "Connection", "Conversation", "Received", "ToolResponseRecord"]
@@ -79,7 +81,7 @@ class LiveEmulator:
         self._ttl = resumption_handle_ttl_s
         self._unknown_handle_close = unknown_handle_close
         self._unknown_response_close = unknown_tool_response_close
-        self._handles: dict[str, tuple[Conversation, float]] = {}
+        self._handles: dict[str, tuple[Conversation, float, ConversationState]] = {}
         self._changed = asyncio.Event()
         self._next_connection = 0
         self._started_at = 0.0
@@ -199,7 +201,7 @@ class LiveEmulator:
     def issue_handle(self, conv: Conversation) -> str:
         conv.handles_issued += 1
         handle = f"emu-{conv.index}-{conv.handles_issued}"
-        self._handles[handle] = (conv, self.now() + self._ttl)
+        self._handles[handle] = (conv, self.now() + self._ttl, conv.snapshot())
         return handle
 
     # ---- one connection ---------------------------------------------------------------------------------------
@@ -266,6 +268,7 @@ class LiveEmulator:
             conn.resumed_from = handle
             if conv.active is not None and conv.active is not conn:
                 await self._end_runner(conv.active)
+            conv.restore(entry[2])  # the state the handle stands for: later input and turns are not in it
             conv.open_calls.clear()  # calls open on the old connection are void; the script re-issues them
         else:
             source = self._script

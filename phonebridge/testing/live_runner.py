@@ -86,6 +86,10 @@ async def _send_not_resumable(conv: Conversation, conn: Connection) -> None:
 
 
 def _last_index(conn: Connection) -> int | None:
+    """Sent only to a client that asked for `transparent` resumption (Vertex; the Developer API refuses it)."""
+    resumption = conn.setup.get("sessionResumption")
+    if not (isinstance(resumption, dict) and resumption.get("transparent")):
+        return None
     return conn.client_messages - 1 if conn.client_messages else None
 
 
@@ -105,6 +109,8 @@ async def _run_step(rt: Runtime, conv: Conversation, conn: Connection, index: in
             conv.open_calls.pop(call_id, None)
         await conn.send({"toolCallCancellation": {"ids": list(step.ids)}}, "tool_call_cancellation")
     elif isinstance(step, GoAway):
+        conv.next_step = index + 1  # a connection event, not conversation: a resumed connection goes on after it
+        await send_resumable(rt, conv, conn)  # the service's regular handle update, so the switch resumes from here
         await conn.go_away(step.time_left_s, step.close_after, step.close_code, step.close_reason)
     elif isinstance(step, Usage):
         await conn.send({"usageMetadata": usage_metadata(step.prompt_tokens, step.response_tokens)}, "usage_metadata")
@@ -112,6 +118,7 @@ async def _run_step(rt: Runtime, conv: Conversation, conn: Connection, index: in
         await _pace(rt, step.seconds)
     elif isinstance(step, (Drop, Close)):
         conv.next_step = index + 1  # a resumed connection must not drop or close again
+        await send_resumable(rt, conv, conn)
         await (conn.drop() if isinstance(step, Drop) else conn.close(step.code, step.reason))
         raise _Stop
     else:

@@ -40,6 +40,15 @@ class ToolResponseRecord:
     latency_s: float
 
 
+@dataclass(frozen=True)
+class ConversationState:
+    next_step: int
+    recent_audio: bytes
+    audio_rate: int
+    audio_bytes_in: int
+    pending_texts: tuple[str, ...]
+
+
 @dataclass
 class Conversation:
     """One scripted call. `next_step` is where a resumed connection goes on."""
@@ -83,6 +92,19 @@ class Conversation:
             del self.recent_audio[:excess]
         for detector in self.listeners:
             detector.feed(pcm16, rate)
+
+    def snapshot(self) -> ConversationState:
+        """The state a resumption handle stands for: where the script is and the input it has not used yet."""
+        return ConversationState(self.next_step, bytes(self.recent_audio), self.audio_rate, self.audio_bytes_in,
+                                 tuple(self.pending_texts))
+
+    def restore(self, state: ConversationState) -> None:
+        """Resumed from an older handle: what the service heard and did after it is gone (the client sends
+        its input again; the script runs the steps after the handle again). Counters of what was said stay."""
+        self.next_step = state.next_step
+        self.recent_audio = bytearray(state.recent_audio)
+        self.audio_rate, self.audio_bytes_in = state.audio_rate, state.audio_bytes_in
+        self.pending_texts = deque(state.pending_texts)
 
     def hear_end_of_stream(self) -> None:
         for detector in self.listeners:

@@ -163,10 +163,13 @@ async def test_resumed_connection_continues_the_script_without_repeating() -> No
         async with session(emu) as live:
             await live.send_realtime_input(text="hi")
             first = await one_turn(live)
+            before_drop: list[types.LiveServerMessage] = []
             with pytest.raises(errors.APIError) as dropped:
-                await one_turn(live)
-        updates = [m.session_resumption_update for m in first if m.session_resumption_update]
+                async for message in live.receive():
+                    before_drop.append(message)
+        updates = [m.session_resumption_update for m in first + before_drop if m.session_resumption_update]
         handle = [u.new_handle for u in updates if u.resumable][-1]  # "resumable: false" carries no handle
+        assert handle == "emu-0-3"  # at setup, after "one", and the service's update just before the drop
         async with session(emu, config(handle=handle)) as live:
             second = await one_turn(live)
             with pytest.raises(errors.APIError) as closed:
@@ -340,7 +343,9 @@ def _defined_in(task: asyncio.Task[Any], packages: tuple[str, ...]) -> bool:
     return code is not None and any(f"/{p}/" in code.co_filename for p in packages)
 
 
-async def test_an_utterance_cut_by_a_drop_is_not_said_again_after_resumption() -> None:
+async def test_resuming_from_before_a_turn_that_a_drop_cut_speaks_that_turn_again() -> None:
+    """A handle stands for the state when it was issued: the cut turn is not in it, so it is generated anew
+    (the client clears what it played of the cut one; nothing of the old connection is heard twice)."""
     script = Script([Say("a long first answer", seconds=2.0), Say("after")])
     async with LiveEmulator(script, speed=2.0) as emu:
         async with session(emu) as live:
@@ -355,8 +360,9 @@ async def test_an_utterance_cut_by_a_drop_is_not_said_again_after_resumption() -
             second = await one_turn(live)
     assert dropped.value.code == 1006
     assert handle == "emu-0-1"
-    assert transcript_of(second) == "after"
-    assert emu.conversations[0].turns_spoken == 2 and emu.connections[1].resumed_from == "emu-0-1"
+    assert transcript_of(second) == "a long first answer"
+    await emu.wait_for(lambda: emu.conversations[0].turns_spoken >= 2)  # the cut turn, then the new one
+    assert emu.connections[1].resumed_from == "emu-0-1"
 
 
 async def test_tool_call_cancellation_and_usage_only_events_reach_the_sdk() -> None:
