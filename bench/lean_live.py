@@ -6,11 +6,15 @@ emulator-wide event), so its cost grows with the square of the number of calls. 
 load generator's saturation, not the bridge's. Here each connection reacts only to its own messages.
 
 Behaviour per connection (a caller-paced conversation, forever until the socket closes):
-  setup -> setupComplete; the first realtime text (the bridge's greeting prompt) -> speak the greeting;
+  setup -> setupComplete (and a resumption handle); the first realtime text (the bridge's greeting prompt) ->
+  speak the greeting;
   caller speech (energy VAD, 20 ms frames: >= 200 ms loud, then 300 ms quiet) -> inputTranscription, then every
   `tool_every`-th answer a toolCall first (answered -> speak), else speak at once. Speaking sends 40 ms chunks of
   24 kHz speech paced at real time, with outputTranscription words; 100 ms of caller speech while speaking is a
   barge-in: stop, send interrupted + turnComplete.
+Resumption, like the service: `resumable: false` while a turn or a tool call is open, a fresh handle after each
+turn; a handle stands for the state when it was issued (greeted yet, answers given), so a resumed connection
+starts from there and what the client sent after the handle must come again (the bridge sends it again).
 Times are time.monotonic() (CLOCK_MONOTONIC, comparable across processes on one machine).
 """
 
@@ -20,6 +24,7 @@ import asyncio
 import base64
 import json
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +69,31 @@ class _Speech:
         return [base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, usable, CHUNK_BYTES)]
 
 
+class Handles:
+    """Resumption handles and the state each stands for: (greeted, answers). Bounded: the newest `limit`."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._states: OrderedDict[str, tuple[bool, int]] = OrderedDict()
+        self._limit, self._issued = limit, 0
+        self.resumed = self.unknown = 0  # connections that resumed with a handle, or named an unknown one
+
+    def issue(self, state: tuple[bool, int]) -> str:
+        self._issued += 1
+        handle = f"lean-{self._issued}"
+        self._states[handle] = state
+        if len(self._states) > self._limit:
+            self._states.popitem(last=False)
+        return handle
+
+    def get(self, handle: str) -> tuple[bool, int] | None:
+        state = self._states.get(handle)
+        if state is None:
+            self.unknown += 1
+        else:
+            self.resumed += 1
+        return state
+
+
 class LeanLive:
     """Start with `await start()`; `base_url` and `ca_file` are what the SDK needs; `connections` queues each new
     connection's Timeline in order of arrival."""
@@ -71,6 +101,7 @@ class LeanLive:
     def __init__(self, *, answer_s: float = 1.5, tool_every: int = 3) -> None:
         self._speech = _Speech(answer_s)
         self._tool_every = tool_every
+        self.handles = Handles()
         self.connections: asyncio.Queue[Timeline] = asyncio.Queue()
         self.timelines: list[Timeline] = []
         self._tls: LocalTLS | None = None
@@ -104,7 +135,7 @@ class LeanLive:
         timeline = Timeline()
         self.timelines.append(timeline)
         self.connections.put_nowait(timeline)
-        conn = _Conversation(ws, timeline, self._speech, self._tool_every)
+        conn = _Conversation(ws, timeline, self._speech, self._tool_every, self.handles)
         try:
             await conn.run()
         finally:
@@ -113,11 +144,16 @@ class LeanLive:
 
 
 class _Conversation:
-    def __init__(self, ws: web.WebSocketResponse, timeline: Timeline, speech: _Speech, tool_every: int) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, timeline: Timeline, speech: _Speech, tool_every: int, handles: Handles
+    ) -> None:
         self._ws, self.t, self._speech, self._tool_every = ws, timeline, speech, tool_every
+        self._handles = handles
+        self._resumable = False  # the client asked for resumption handles
         self._speaker: asyncio.Task[None] | None = None
         self._loud = self._quiet = self._barge = 0
         self._answers = 0
+        self._greeted = False
         self._open_call: str | None = None
 
     async def run(self) -> None:
@@ -126,7 +162,11 @@ class _Conversation:
                 break
             data = json.loads(msg.data)
             if "setup" in data:
+                if not self._setup(data["setup"]):
+                    await self._ws.close(code=1008, message=b"session resumption handle is invalid or has expired")
+                    return
                 await self._send({"setupComplete": {}})
+                await self._send_handle()
                 continue
             realtime = data.get("realtimeInput") or data.get("realtime_input")
             if realtime is not None:
@@ -135,6 +175,28 @@ class _Conversation:
             response = data.get("toolResponse") or data.get("tool_response")
             if response is not None:
                 self._on_tool_response(response)
+
+    def _setup(self, setup: dict[str, Any]) -> bool:
+        resumption = setup.get("sessionResumption", setup.get("session_resumption"))  # {} asks for handles too
+        self._resumable = isinstance(resumption, dict)
+        handle = resumption.get("handle") if isinstance(resumption, dict) else None
+        if not handle:
+            return True
+        state = self._handles.get(str(handle))
+        if state is None:
+            return False
+        self._greeted, self._answers = state
+        return True
+
+    async def _send_handle(self) -> None:
+        """A fresh handle for the state now (nothing open: called between turns)."""
+        if self._resumable:
+            handle = self._handles.issue((self._greeted, self._answers))
+            await self._send({"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}})
+
+    async def _send_not_resumable(self) -> None:
+        if self._resumable:
+            await self._send({"sessionResumptionUpdate": {"resumable": False}})
 
     def stop(self) -> None:
         if self._speaker is not None:
@@ -147,7 +209,8 @@ class _Conversation:
             self._on_audio(audio["data"])
         elif "text" in realtime:
             self.t.texts.append(realtime["text"])
-            if len(self.t.texts) == 1:
+            if not self._greeted:
+                self._greeted = True
                 self._speak(self._speech.greeting)
 
     def _on_audio(self, data: str) -> None:
@@ -176,6 +239,7 @@ class _Conversation:
             self._open_call = f"fc-{self._answers}"
             self.t.tool_calls.append(time.monotonic())
             call = {"id": self._open_call, "name": "lookup_order", "args": {"order_id": "A-1"}}
+            self._spawn_send({"sessionResumptionUpdate": {"resumable": False}} if self._resumable else None)
             self._spawn_send({"toolCall": {"functionCalls": [call]}}, stamp=self.t.tool_calls)
         else:
             self._speak(self._speech.answer)
@@ -196,6 +260,7 @@ class _Conversation:
         sent: list[float] = []
         self.t.turns.append(sent)
         start = time.monotonic()
+        await self._send_not_resumable()
         try:
             for number, data in enumerate(chunks):
                 part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
@@ -211,11 +276,16 @@ class _Conversation:
                 await self._send({"serverContent": {"interrupted": True}})
                 self.t.interrupted.append(time.monotonic())
                 await self._send({"serverContent": {"turnComplete": True}})
+                await self._send_handle()
             raise
         await self._send({"serverContent": {"generationComplete": True}})
         await self._send({"serverContent": {"turnComplete": True}})
+        await self._send_handle()
 
-    def _spawn_send(self, message: dict[str, Any], stamp: list[float] | None = None) -> None:
+    def _spawn_send(self, message: dict[str, Any] | None, stamp: list[float] | None = None) -> None:
+        if message is None:
+            return
+
         async def send() -> None:
             if stamp is not None:  # re-stamp as the message is handed to the socket: the call left here then
                 stamp[-1] = time.monotonic()

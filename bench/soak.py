@@ -68,7 +68,7 @@ class ChaosLive(LeanLive):
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
         self.connections_made += 1
-        conversation = _Conversation(ws, Timeline(), self._speech, self._tool_every)
+        conversation = _Conversation(ws, Timeline(), self._speech, self._tool_every, self.handles)
         self.open[id(ws)] = (ws, request)
         try:
             await conversation.run()
@@ -317,7 +317,8 @@ def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float],
     print(f"  calls completed      {tally.completed}")
     print(f"  calls dropped        {sum(tally.dropped.values())}  (target 0) {dict(tally.dropped) or ''}")
     print(f"  caller turns         {tally.turns} ({tally.unanswered} unanswered, re-asked)")
-    print(f"  faults injected      {dict(tally.faults)}; Live connections {live.connections_made}")
+    print(f"  faults injected      {dict(tally.faults)}; Live connections {live.connections_made}, "
+          f"{live.handles.resumed} resumed with a handle, {live.handles.unknown} with an unknown one")
     print(f"  reconnects           {sum(reconnects.values()):.0f} {({k: int(v) for k, v in reconnects.items()})}")
     print(f"  server call outcomes {({k: int(v) for k, v in outcomes.items()})}")
     if rss:
