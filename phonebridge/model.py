@@ -1,9 +1,8 @@
 """The Live session: the only module that drives google.genai's live API.
 
-`build_config` states what gemini-3.1-flash-live-preview accepts (and leaves out what it refuses:
-proactivity, affective dialog, thinking budgets). `LiveLink` keeps one logical conversation alive across
-connections: it resumes with the latest handle on `goAway` or on a dropped connection, and falls back to a
-fresh session seeded with the transcript when the service refuses the handle.
+`LiveLink` keeps one logical conversation alive across connections (`live_config.build_config` says what
+each one asks for): it resumes with the latest handle on `goAway` or on a dropped connection, and falls back
+to a fresh session seeded with the transcript when the service refuses the handle.
 
 A handle stands for the session's state when the service issued it; what the client sent after that is not
 in it. So the link keeps the caller audio and texts sent since the last handle (bounded) and sends them again
@@ -30,6 +29,7 @@ from google.genai import types
 
 from phonebridge.agent import Agent
 from phonebridge.errors import ModelUnavailable
+from phonebridge.live_config import build_config
 from phonebridge.model_events import (
     AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, translate,
 )
@@ -62,44 +62,6 @@ def audio_message(pcm16k: bytes) -> str:
 
 _AUDIO_HEAD = '{"realtime_input": {"audio": {"data": "'
 _AUDIO_TAIL = '", "mime_type": "' + AUDIO_MIME + '"}}}'
-
-
-def build_config(
-    agent: Agent,
-    declarations: Sequence[types.FunctionDeclaration] = (),
-    *,
-    resume_handle: str | None = None,
-    seed_history: bool = False,
-) -> types.LiveConnectConfig:
-    """The session configuration for `agent`, correct for gemini-3.1-flash-live-preview."""
-    detection = types.AutomaticActivityDetection(
-        disabled=False,
-        start_of_speech_sensitivity=_sensitivity(types.StartSensitivity, "START", agent.start_of_speech_sensitivity),
-        end_of_speech_sensitivity=_sensitivity(types.EndSensitivity, "END", agent.end_of_speech_sensitivity),
-        prefix_padding_ms=agent.prefix_padding_ms,
-        silence_duration_ms=agent.silence_duration_ms,
-    )
-    return types.LiveConnectConfig(
-        response_modalities=[types.Modality.AUDIO],
-        speech_config=types.SpeechConfig(
-            voice_config=types.VoiceConfig(prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=agent.voice)),
-            language_code=agent.language_code,
-        ),
-        thinking_config=types.ThinkingConfig(thinking_level=types.ThinkingLevel(agent.thinking_level.upper())),
-        system_instruction=types.Content(parts=[types.Part(text=agent.instructions)]),
-        tools=[types.Tool(function_declarations=list(declarations))] if declarations else None,
-        input_audio_transcription=types.AudioTranscriptionConfig(),
-        output_audio_transcription=types.AudioTranscriptionConfig(),
-        session_resumption=types.SessionResumptionConfig(handle=resume_handle),
-        # Audio sessions die at 15 minutes without compression; a sliding window keeps long calls alive.
-        context_window_compression=types.ContextWindowCompressionConfig(sliding_window=types.SlidingWindow()),
-        realtime_input_config=types.RealtimeInputConfig(automatic_activity_detection=detection),
-        history_config=types.HistoryConfig(initial_history_in_client_content=True) if seed_history else None,
-    )
-
-
-def _sensitivity(enum: Any, prefix: str, value: str | None) -> Any:
-    return None if value is None else enum(f"{prefix}_SENSITIVITY_{value.upper()}")
 
 
 class LiveLink:
