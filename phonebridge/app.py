@@ -25,6 +25,7 @@ from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.bridge import CallSession
 from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
+from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
 from phonebridge.signatures import SignatureChecker
 from phonebridge.tools import all_tools
@@ -91,6 +92,7 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
+HEAP_TRIMMER = web.AppKey("heap_trimmer", HeapTrimmer)
 MODEL_DOWN_S = 60.0  # readiness stays false this long after a call could not reach the model
 FINISHED_KEEP = 100  # recent calls' stats, for tests and the demo
 
@@ -140,11 +142,11 @@ def make_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.handle)
-    lag = _LoopLagWatch(metrics)
-    app.on_startup.append(lag.start)
+    lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer()
+    app[HEAP_TRIMMER] = trimmer
+    app.on_startup.extend([lag.start, trimmer.start])
     app.on_shutdown.append(_close_calls)
-    app.on_cleanup.append(_stop_executor)
-    app.on_cleanup.append(lag.stop)
+    app.on_cleanup.extend([_stop_executor, lag.stop, trimmer.stop])
     return app
 
 
