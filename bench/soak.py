@@ -9,7 +9,9 @@ signatures on, pointed at a lean Live server in this process through the SDK's o
 in turns (wait for the agent to finish, speak 1 s, expect an answer), hangs up after a random 0.5x-1.5x of
 `--call-seconds`, and dials again. Meanwhile faults hit random Live connections, on average one every
 `--fault-every` seconds: a goAway (timeLeft 2 s, then a close 1011 if the bridge is still there, as the
-service does) or an abrupt drop (TCP abort, no close frame).
+service does) or an abrupt drop (TCP abort, no close frame). The lean Live server issues a resumption handle
+after each turn and resumes a connection to the state its handle stands for, like the service, so a
+reconnection resumes (the report counts those) and loses whatever the bridge does not send again.
 
 A call counts as dropped if the server closed it, if it could not be dialled, or if the agent stayed silent
 for three utterances in a row; otherwise it completed. Reconnects come from the server's /metrics. RSS is
