@@ -142,7 +142,7 @@ def make_app(
     app.router.add_get("/healthz", handlers.healthz)
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.handle)
-    lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer()
+    lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer(settings.heap_trim_s)
     app[HEAP_TRIMMER] = trimmer
     app.on_startup.extend([lag.start, trimmer.start])
     app.on_shutdown.append(_close_calls)

@@ -36,6 +36,7 @@ class Settings:
     log_caller_numbers: bool = False
     model_connect_timeout_s: float = 10.0
     reconnect_attempts: int = 5
+    heap_trim_s: float = 60.0  # look this often whether glibc's free heap pages should go back; 0: never
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -50,6 +51,7 @@ class Settings:
             "drain_timeout_s": float(env.get("PHONEBRIDGE_DRAIN_TIMEOUT_S", "3600")),
             "record_dir": env.get("PHONEBRIDGE_RECORD_DIR") or None,
             "fallback_dial": env.get("PHONEBRIDGE_FALLBACK_DIAL") or None,
+            "heap_trim_s": float(env.get("PHONEBRIDGE_HEAP_TRIM_S", "60")),
             "log_caller_numbers": _bool(env.get("PHONEBRIDGE_LOG_CALLER_NUMBERS", "false"), "PHONEBRIDGE_LOG_CALLER_NUMBERS"),
         }
         if "PHONEBRIDGE_FALLBACK_SAY" in env:

@@ -1,5 +1,5 @@
-"""The heap trimmer: glibc's malloc_trim is found and callable here, and the trimmer runs it on its period
-in a worker thread for as long as the application runs."""
+"""The heap trimmer: glibc's malloc_trim and mallinfo2 are found and callable here, and the trimmer runs the
+trim on its period, in a worker thread, only when enough lies free, for as long as the application runs."""
 
 from __future__ import annotations
 
@@ -10,15 +10,16 @@ import threading
 import pytest
 from aiohttp import web
 
-from phonebridge.heap import HeapTrimmer, malloc_trim
+from phonebridge.heap import HeapTrimmer, heap_free_bytes, malloc_trim
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
-def test_malloc_trim_is_found_and_returns_a_status() -> None:
-    trim = malloc_trim()
-    assert trim is not None
+def test_malloc_trim_and_the_free_count_are_found_and_work() -> None:
+    trim, free = malloc_trim(), heap_free_bytes()
+    assert trim is not None and free is not None
     blocks = [bytearray(200_000) for _ in range(50)]  # above the mmap threshold's neighbours: heap churn
     del blocks[::2]
+    assert free() > 0
     assert trim() in (0, 1)
 
 
@@ -33,7 +34,7 @@ async def test_the_trimmer_trims_off_the_event_loop_thread_until_stopped() -> No
             loop.call_soon_threadsafe(twice.set)
         return 1
 
-    trimmer = HeapTrimmer(period_s=0.0, trim=fake_trim)
+    trimmer = HeapTrimmer(period_s=0.001, trim=fake_trim)
     app = web.Application()
     await trimmer.start(app)
     async with asyncio.timeout(10):
@@ -50,7 +51,7 @@ async def test_a_failing_trim_is_logged_once_and_the_trimmer_stops(caplog: pytes
     def broken() -> int:
         raise OSError("no heap here")
 
-    trimmer = HeapTrimmer(period_s=0.0, trim=broken)
+    trimmer = HeapTrimmer(period_s=0.001, trim=broken)
     await trimmer.start(web.Application())
     assert trimmer._task is not None
     async with asyncio.timeout(10):
@@ -59,3 +60,29 @@ async def test_a_failing_trim_is_logged_once_and_the_trimmer_stops(caplog: pytes
     assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [
         "malloc_trim failed; RSS may creep, calls are unaffected"
     ]
+
+
+async def test_a_period_of_zero_turns_trimming_off() -> None:
+    trimmer = HeapTrimmer(period_s=0.0, trim=lambda: 1)
+    await trimmer.start(web.Application())
+    assert trimmer._task is None
+
+
+async def test_the_trimmer_waits_until_enough_lies_free() -> None:
+    free = [0, 10, 99, 100]
+    trimmed = asyncio.Event()
+
+    def fake_trim() -> int:
+        trimmed.set()
+        return 1
+
+    def fake_free() -> int:
+        return free.pop(0) if len(free) > 1 else free[0]
+
+    trimmer = HeapTrimmer(period_s=0.001, min_free=100, trim=fake_trim, free_bytes=fake_free)
+    app = web.Application()
+    await trimmer.start(app)
+    async with asyncio.timeout(10):
+        await trimmed.wait()
+    await trimmer.stop(app)
+    assert free == [100]  # three looks below the bar, then the trim
