@@ -223,6 +223,7 @@ class Server:
     url: str
     tail: list[str] = field(default_factory=list)
     errors: int = 0
+    heap_trims: int = 0
 
     async def read_log(self, serving: asyncio.Event) -> None:
         """Drain the server's log for the whole run (a full pipe would stall it), keeping the last lines."""
@@ -233,6 +234,8 @@ class Server:
                 serving.set()
             if '"level": "error"' in line or "Traceback" in line:
                 self.errors += 1
+            if "heap trimmed" in line:
+                self.heap_trims += 1
             self.tail = [*self.tail[-49:], line]
         serving.set()
 
@@ -331,7 +334,8 @@ def report(args: argparse.Namespace, tally: Tally, reconnects: dict[str, float],
         print(f"  RSS, second half     {half / mib:.1f} -> {rss[-1] / mib:.1f} MiB ({growth / mib:+.1f} MiB; target: "
               f"no growth beyond noise, <= {RSS_NOISE:.0%}) {verdict}")
         print("  RSS samples (MiB)    " + " ".join(f"{value / mib:.1f}" for value in rss))
-    print(f"  server exit status   {exit_code} after SIGTERM; error log lines {server.errors}")
+    print(f"  server exit status   {exit_code} after SIGTERM; error log lines {server.errors}; "
+          f"heap trims {server.heap_trims}")
     if exit_code != 0 or server.errors:
         print("  server log tail:\n    " + "\n    ".join(server.tail[-20:]))
 

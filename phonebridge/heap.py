@@ -6,9 +6,9 @@ bytes held at 114-129 MiB while its heap grew from 135 to 152 MiB, 13-32 MiB of 
 hands the free pages back (5-16 MiB each time at 100 calls, in 0.8-5.2 ms). While it runs, an allocation
 that needs the heap's lock waits, and in 100-call bench steps the event loop's lag p99 rose from <= 2.5-5 ms
 to <= 5-10 ms with a trim every 30 s. So the trimmer looks every PHONEBRIDGE_HEAP_TRIM_S seconds (default
-60) and trims only when at least MIN_FREE_BYTES lie free in the heap: a stall every few minutes at most, and
-RSS at most that much above what is in use. It runs in a worker thread; without glibc (musl, macOS) it does
-nothing, and PHONEBRIDGE_HEAP_TRIM_S=0 turns it off.
+60) and trims only when at least MIN_FREE_BYTES (16 MiB) lie free in the heap: a stall every few minutes at
+most, and RSS about that much above what is in use at most. It runs in a worker thread; without glibc
+(musl, macOS) it does nothing, and PHONEBRIDGE_HEAP_TRIM_S=0 turns it off.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 TRIM_PERIOD_S = 60.0
-MIN_FREE_BYTES = 32 << 20
+MIN_FREE_BYTES = 16 << 20
 
 log = logging.getLogger("phonebridge.heap")
 
@@ -92,11 +92,13 @@ class HeapTrimmer:
         while True:
             await asyncio.sleep(self._period_s)
             try:
-                if self._free_bytes is not None and self._free_bytes() < self._min_free:
+                free = self._free_bytes() if self._free_bytes is not None else None
+                if free is not None and free < self._min_free:
                     continue
                 released = await asyncio.to_thread(self._trim)
             except Exception:  # noqa: BLE001 - never worth more than a log line
                 log.exception("malloc_trim failed; RSS may creep, calls are unaffected")
                 return
             self.trims += 1
-            log.debug("heap trimmed (%s)", "memory returned" if released else "nothing to return")
+            log.info("heap trimmed: %s free%s", "?" if free is None else f"{free >> 20} MiB",
+                     "" if released else ", nothing to return")
