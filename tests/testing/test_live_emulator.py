@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from google import genai
 from google.genai import errors, types
@@ -373,3 +375,36 @@ async def test_tool_call_cancellation_and_usage_only_events_reach_the_sdk() -> N
     assert [(u.prompt_token_count, u.total_token_count) for u in usage] == [(7, 7)]
     assert [m.tool_call_cancellation.ids for m in messages if m.tool_call_cancellation] == [["fc-1", "fc-2"]]
     assert emu.failures == []
+
+
+async def _handles_seen(emu: LiveEmulator, resumption: dict[str, Any]) -> list[dict[str, Any]]:
+    """Raw wire (the SDK refuses `transparent` outside Vertex): setup, a text, then the updates of one turn."""
+    url = emu.base_url.replace("https://", "wss://") + (
+        "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent")
+    updates = []
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+        url, ssl=emu.ssl_context, headers={"x-goog-api-key": "test"}
+    ) as ws:
+        await ws.send_json({"setup": {"model": f"models/{MODEL}", "sessionResumption": resumption}})
+        await ws.send_json({"realtimeInput": {"text": "hi"}})
+        turn_over = False
+        async with asyncio.timeout(10):
+            async for msg in ws:  # until the handle that follows the turn
+                data = json.loads(msg.data)
+                turn_over = turn_over or bool(data.get("serverContent", {}).get("turnComplete"))
+                update = data.get("sessionResumptionUpdate")
+                if update is not None:
+                    updates.append(update)
+                    if turn_over and update.get("resumable"):
+                        break
+    return updates
+
+
+async def test_last_consumed_client_message_index_comes_only_with_transparent_resumption() -> None:
+    script = Script([WaitForText(), Say("hello")])
+    async with LiveEmulator(script, speed=math.inf) as emu:
+        plain = await _handles_seen(emu, {})
+        transparent = await _handles_seen(emu, {"transparent": True})
+    assert all("lastConsumedClientMessageIndex" not in u for u in plain)
+    # After the turn, the handle includes the one client message after setup (index 0: the text).
+    assert transparent[-1] == {"resumable": True, "newHandle": "emu-1-2", "lastConsumedClientMessageIndex": "0"}
