@@ -239,7 +239,8 @@ class _Conversation:
             self._open_call = f"fc-{self._answers}"
             self.t.tool_calls.append(time.monotonic())
             call = {"id": self._open_call, "name": "lookup_order", "args": {"order_id": "A-1"}}
-            self._spawn_send({"sessionResumptionUpdate": {"resumable": False}} if self._resumable else None)
+            if self._resumable:
+                self._spawn_send({"sessionResumptionUpdate": {"resumable": False}})
             self._spawn_send({"toolCall": {"functionCalls": [call]}}, stamp=self.t.tool_calls)
         else:
             self._speak(self._speech.answer)
@@ -282,10 +283,7 @@ class _Conversation:
         await self._send({"serverContent": {"turnComplete": True}})
         await self._send_handle()
 
-    def _spawn_send(self, message: dict[str, Any] | None, stamp: list[float] | None = None) -> None:
-        if message is None:
-            return
-
+    def _spawn_send(self, message: dict[str, Any], stamp: list[float] | None = None) -> None:
         async def send() -> None:
             if stamp is not None:  # re-stamp as the message is handed to the socket: the call left here then
                 stamp[-1] = time.monotonic()

@@ -92,7 +92,6 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
-HEAP_TRIMMER = web.AppKey("heap_trimmer", HeapTrimmer)
 MODEL_DOWN_S = 60.0  # readiness stays false this long after a call could not reach the model
 FINISHED_KEEP = 100  # recent calls' stats, for tests and the demo
 
@@ -143,7 +142,6 @@ def make_app(
     app.router.add_get("/readyz", handlers.readyz)
     app.router.add_get("/metrics", metrics.handle)
     lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer(settings.heap_trim_s)
-    app[HEAP_TRIMMER] = trimmer
     app.on_startup.extend([lag.start, trimmer.start])
     app.on_shutdown.append(_close_calls)
     app.on_cleanup.extend([_stop_executor, lag.stop, trimmer.stop])

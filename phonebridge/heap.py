@@ -73,7 +73,9 @@ class HeapTrimmer:
     ) -> None:
         self._period_s, self._min_free = period_s, min_free
         self._trim = (trim if trim is not None else malloc_trim()) if period_s > 0 else None
-        self._free_bytes = free_bytes if free_bytes is not None or trim is not None else heap_free_bytes()
+        if free_bytes is None and trim is None:  # the real trim: ask glibc what lies free first
+            free_bytes = heap_free_bytes()
+        self._free_bytes = free_bytes
         self._task: asyncio.Task[None] | None = None
         self.trims = 0
 

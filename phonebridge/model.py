@@ -109,7 +109,6 @@ class LiveLink:
         self.epoch = 0  # rises whenever a connection ends: what was asked on an older one is void
         self.reconnects: dict[str, int] = {}
         self.held_dropped = 0  # caller audio pushed out of the replay buffer while no connection was up
-        self.replayed = 0  # messages sent again on a new connection
         self.received_at = 0.0  # time.monotonic() when the message being handled came off the socket
 
     # -- sending (from the Twilio side's task) ---------------------------------------------------------
@@ -314,7 +313,6 @@ class LiveLink:
         self._replay_audio = deque(((seq, now, pcm) for seq, _, pcm in self._replay_audio), maxlen=REPLAY_FRAMES)
         self._replay_texts = deque(((seq, now, text) for seq, _, text in self._replay_texts), maxlen=REPLAY_TEXTS)
         if (audio or texts) and self.connections > 1:
-            self.replayed += audio + texts
             self._log.info("sent %d audio frames and %d texts again on the new connection", audio, texts)
 
     async def _receive(self, session: Any) -> str:
@@ -372,7 +370,7 @@ class LiveLink:
             self._resumable = event.resumable
             if event.resumable and event.handle:
                 self._handle = event.handle
-                self._confirm((self.received_at or time.monotonic()) - CONFIRM_MARGIN_S)
+                self._confirm(self.received_at - CONFIRM_MARGIN_S)
         elif isinstance(event, GoAway):
             # Switch at the next resumable point, or with a margin before the server's deadline.
             self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)
