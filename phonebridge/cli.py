@@ -52,7 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="phonebridge", description="A Gemini Live voice agent on a phone number.")
     parser.add_argument("--log-level", default=os.environ.get("PHONEBRIDGE_LOG_LEVEL", "INFO"),
                         help="DEBUG, INFO, WARNING or ERROR (env PHONEBRIDGE_LOG_LEVEL)")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", parser_class=_Parser
+    )
 
     serve = sub.add_parser("serve", help="run the bridge",
                            description="Run the bridge. Everything is checked before it listens: settings, "
@@ -62,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", default=os.environ.get("PORT", "8080"), help="port to listen on (env PORT)")
     serve.add_argument("--workers", default=os.environ.get("PHONEBRIDGE_WORKERS", "0"),
                        help="processes sharing the port (SO_REUSEPORT); 0 = one per core (env PHONEBRIDGE_WORKERS)")
-    serve.add_argument("--record-dir", default=None, help="write one cassette per call here (env PHONEBRIDGE_RECORD_DIR)")
+    serve.add_argument("--record-dir", default=None,
+                       help="write one cassette per call here (env PHONEBRIDGE_RECORD_DIR)")
     serve.set_defaults(run=_serve)
 
     from phonebridge.commands import add_commands

@@ -132,7 +132,7 @@ def model_client_problems() -> tuple[str, list[str]]:
         try:
             import google.auth
 
-            google.auth.default(scopes=[CLOUD_SCOPE])  # type: ignore[no-untyped-call]
+            google.auth.default(scopes=[CLOUD_SCOPE])
         except GoogleAuthError as exc:
             problems.append(f"Vertex AI needs application default credentials, and none were found ({exc})")
     return describe_endpoint(client), problems

@@ -61,7 +61,7 @@ def _serve(tmp_path: Path, agent_source: str | None, *args: str, **env: str) -> 
     return subprocess.run(
         [sys.executable, "-m", "phonebridge.cli", "serve", "--agent", str(agent), "--host", "127.0.0.1",
          "--workers", "1", *args],
-        env=base, capture_output=True, text=True, timeout=60,
+        check=False, env=base, capture_output=True, text=True, timeout=60,
     )
 
 
@@ -89,7 +89,8 @@ def test_serve_on_a_port_in_use_refuses_to_start(tmp_path):
         held.listen()
         port = held.getsockname()[1]
         message = _refused(_serve(tmp_path, GOOD_AGENT, "--port", str(port), GEMINI_API_KEY="k"))
-    assert message == f"phonebridge: cannot listen on 127.0.0.1:{port}: the port is already in use (another server is listening there)\n"
+    assert message == (f"phonebridge: cannot listen on 127.0.0.1:{port}: "
+                       "the port is already in use (another server is listening there)\n")
 
 
 def test_serve_reports_every_problem_in_one_message(tmp_path):
@@ -103,7 +104,8 @@ def test_serve_reports_every_problem_in_one_message(tmp_path):
     assert [line.split(":")[0].split("=")[0] for line in lines[1:]] == [
         "  - log level 'LOUD' (--log-level or PHONEBRIDGE_LOG_LEVEL)",
         "  - PHONEBRIDGE_MAX_CALLS", "  - PHONEBRIDGE_DRAIN_TIMEOUT_S", "  - PHONEBRIDGE_FALLBACK_SAY",
-        "  - PHONEBRIDGE_FALLBACK_DIAL", "  - port '70000' (--port or PORT)", "  - agent '" + str(tmp_path / "agent.py") + "' does not compile",
+        "  - PHONEBRIDGE_FALLBACK_DIAL", "  - port '70000' (--port or PORT)",
+        f"  - agent '{tmp_path / 'agent.py'}' does not compile",
         "  - no credentials the Gemini SDK can use",
     ]
 
