@@ -176,8 +176,8 @@ def test_vertex_ai_with_application_default_credentials(sdk_env, tmp_path):
     sdk_env.setenv("GOOGLE_CLOUD_LOCATION", "us-central1")
     endpoint, problems = model_client_problems()
     assert problems == []
-    assert endpoint == ("wss://us-central1-aiplatform.googleapis.com/, API version v1beta1 "
-                        "(Vertex AI, project my-project, location us-central1)")
+    assert endpoint.startswith("wss://us-central1-aiplatform.googleapis.com/, API version v1")  # the SDK's default
+    assert endpoint.endswith("(Vertex AI, project my-project, location us-central1)")
     sdk_env.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing.json"))
     assert "Vertex AI needs application default credentials" in model_client_problems()[1][0]
 
