@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Literal, TypeVar, overload
 
 from phonebridge.errors import ConfigError
@@ -84,26 +85,59 @@ class Agent:
 
 
 def load_agent(spec: str) -> Agent:
-    """Load `agent` from a file path (`examples/pizzeria.py`) or a module (`pkg.mod` or `pkg.mod:name`)."""
+    """Load `agent` from a file path (`examples/pizzeria.py`) or a module (`pkg.mod` or `pkg.mod:name`).
+
+    Whatever goes wrong (no such file, a syntax error, an import or any error while the module runs, no
+    Agent) is a ConfigError saying where: the server refuses to start with one clear line."""
     target, _, attr = spec.partition(":")
     attr = attr or "agent"
     path = Path(target)
     if target.endswith(".py") or path.exists():
         if not path.is_file():
             raise ConfigError(f"agent file {target!r} does not exist")
-        module_name = f"phonebridge_agent_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise ConfigError(f"cannot load agent file {target!r}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_name] = module
-        module_spec.loader.exec_module(module)
+        module = _run_agent_code(target, lambda: _exec_file(path))
     else:
-        try:
-            module = importlib.import_module(target)
-        except ImportError as exc:
-            raise ConfigError(f"cannot import agent module {target!r}: {exc}") from exc
+        module = _run_agent_code(target, lambda: importlib.import_module(target))
     agent = getattr(module, attr, None)
     if not isinstance(agent, Agent):
-        raise ConfigError(f"{spec!r} has no Agent named {attr!r}")
+        found = "nothing by that name" if agent is None else f"a {type(agent).__name__}"
+        raise ConfigError(f"agent {spec!r} has no Agent named {attr!r} (it has {found})")
     return agent
+
+
+def _exec_file(path: Path) -> ModuleType:
+    module_name = f"phonebridge_agent_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ImportError(f"cannot load {path} as Python")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def _run_agent_code(target: str, load: Callable[[], ModuleType]) -> ModuleType:
+    """Run the user's module: its own failures become one ConfigError line (where, and what)."""
+    try:
+        return load()
+    except ConfigError as exc:  # the module built an invalid Agent: Agent's own message says what
+        raise ConfigError(f"agent {target!r}: {exc}") from exc
+    except SyntaxError as exc:
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else target
+        raise ConfigError(f"agent {target!r} does not compile: {where}: {exc.msg}") from exc
+    except ImportError as exc:
+        raise ConfigError(f"cannot import agent {target!r}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - any error in the user's module, reported at start, not as a trace
+        raise ConfigError(f"agent {target!r} failed while loading: {_where(exc)}{type(exc).__name__}: {exc}") from exc
+
+
+def _where(exc: BaseException) -> str:
+    """`file:line: ` of the innermost frame the error came through, or nothing."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}: " if tb is not None else ""

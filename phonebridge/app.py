@@ -17,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 from google import genai
+from google.auth.exceptions import GoogleAuthError
 from google.genai import types
 
 from phonebridge import twiml
@@ -25,6 +26,7 @@ from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.bridge import CallSession
 from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
+from phonebridge.errors import ModelUnavailable
 from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
 from phonebridge.signatures import SignatureChecker
@@ -188,7 +190,10 @@ def _client_factory(client: genai.Client | Callable[[], genai.Client] | None) ->
         if not made:
             # The SDK's own environment (key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE) still applies; we only
             # decline permessage-deflate: base64 audio barely compresses and deflate cost ~12% of our CPU.
-            made.append(genai.Client(http_options=types.HttpOptions(async_client_args=NO_COMPRESSION)))
+            try:
+                made.append(genai.Client(http_options=types.HttpOptions(async_client_args=NO_COMPRESSION)))
+            except (ValueError, GoogleAuthError) as exc:  # no usable credentials: the call's fallback runs
+                raise ModelUnavailable(f"cannot build the Gemini client: {exc}") from exc
         return made[0]
 
     return from_environment

@@ -170,8 +170,15 @@ class CallSession:
         )
         self._hold = HoldPlayer(self._send_hold_frame, lambda: self.state.all_played, self._spawn, self._log)
         self._start_recording(event)
+        try:
+            client = self._svc.genai_client()
+        except ModelUnavailable as exc:  # no usable credentials: end the stream so the fallback TwiML runs
+            self._log.error("the model is unreachable, ending the stream so the fallback TwiML runs: %s", exc)
+            self.stats.outcome = "model_unavailable"
+            self._ended.set()
+            return
         self._link = LiveLink(
-            self._svc.genai_client(), self._svc.agent, self._svc.declarations, self._on_model_event,
+            client, self._svc.agent, self._svc.declarations, self._on_model_event,
             logger=self._log, connect_timeout_s=self._svc.connect_timeout_s,
             reconnect_attempts=self._svc.reconnect_attempts,
             tap=self._recorder.record if self._recorder is not None else None,

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from phonebridge.errors import PhonebridgeError
+from phonebridge.errors import ConfigError, PhonebridgeError
 
 log = logging.getLogger("phonebridge.cli")
 
@@ -25,8 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from phonebridge.logs import setup_logging
 
-    setup_logging(args.log_level)
+    level_problem = _log_level_problem(args.log_level)
+    setup_logging("INFO" if level_problem else args.log_level)
     try:
+        if level_problem:
+            if args.command != "serve":
+                raise ConfigError(level_problem)
+            args.problems = [level_problem]  # serve reports it with everything else it finds
         return int(args.run(args) or 0)
     except PhonebridgeError as exc:
         print(f"phonebridge: {exc}", file=sys.stderr)
@@ -35,18 +40,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phonebridge", description="A Gemini Live voice agent on a phone number.")
-    parser.add_argument("--log-level", default=os.environ.get("PHONEBRIDGE_LOG_LEVEL", "INFO"))
-    sub = parser.add_subparsers(dest="command")
+def _log_level_problem(level: str) -> str | None:
+    if isinstance(logging.getLevelName(level.upper()), int):
+        return None
+    return f"log level {level!r} (--log-level or PHONEBRIDGE_LOG_LEVEL): use DEBUG, INFO, WARNING or ERROR"
 
-    serve = sub.add_parser("serve", help="run the bridge")
+
+def _parser() -> argparse.ArgumentParser:
+    # Defaults read the environment as text and are checked by serve with everything else (preflight.py):
+    # a bad PORT must be one line among the other problems, not a traceback while building this parser.
+    parser = _Parser(prog="phonebridge", description="A Gemini Live voice agent on a phone number.")
+    parser.add_argument("--log-level", default=os.environ.get("PHONEBRIDGE_LOG_LEVEL", "INFO"),
+                        help="DEBUG, INFO, WARNING or ERROR (env PHONEBRIDGE_LOG_LEVEL)")
+    sub: argparse._SubParsersAction[argparse.ArgumentParser] = parser.add_subparsers(
+        dest="command", parser_class=_Parser
+    )
+
+    serve = sub.add_parser("serve", help="run the bridge",
+                           description="Run the bridge. Everything is checked before it listens: settings, "
+                                       "port, agent and Gemini credentials; any problem exits 2.")
     serve.add_argument("--agent", required=True, help="agent file (agent.py) or module (pkg.mod[:name])")
-    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")))
-    serve.add_argument("--workers", type=int, default=int(os.environ.get("PHONEBRIDGE_WORKERS", "0")),
-                       help="processes sharing the port (SO_REUSEPORT); 0 = one per core")
-    serve.add_argument("--record-dir", default=None, help="write one cassette per call here")
+    serve.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"), help="address to listen on (env HOST)")
+    serve.add_argument("--port", default=os.environ.get("PORT", "8080"), help="port to listen on (env PORT)")
+    serve.add_argument("--workers", default=os.environ.get("PHONEBRIDGE_WORKERS", "0"),
+                       help="processes sharing the port (SO_REUSEPORT); 0 = one per core (env PHONEBRIDGE_WORKERS)")
+    serve.add_argument("--record-dir", default=None,
+                       help="write one cassette per call here (env PHONEBRIDGE_RECORD_DIR)")
     serve.set_defaults(run=_serve)
 
     from phonebridge.commands import add_commands
@@ -55,18 +74,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from phonebridge.agent import load_agent
-    from phonebridge.config import Settings
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless there is none to show (None, an off switch, a required option)."""
 
-    agent = load_agent(args.agent)
-    settings = Settings.from_env(record_dir=args.record_dir)
-    settings.check()
-    if args.workers != 1:
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required or action.default in (None, False):
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every command's --help shows its defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kwargs)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from phonebridge.preflight import check_serve
+
+    plan = check_serve(args)
+    log.info("Gemini Live endpoint: %s", plan.endpoint)
+    if plan.workers != 1:
         from phonebridge.workers import serve_workers
 
-        return serve_workers(args, settings)
-    return run_loop(serve(agent, settings, args.host, args.port))
+        args.port, args.workers = plan.port, plan.workers
+        return serve_workers(args, plan.settings)
+    return run_loop(serve(plan.agent, plan.settings, plan.host, plan.port))
 
 
 def run_loop(main: Coroutine[Any, Any, int]) -> int:
@@ -103,7 +138,11 @@ async def serve(agent: object, settings: object, host: str, port: int, *, reuse_
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:  # taken since serve's check (preflight.py): still one line, exit 2
+        await runner.cleanup()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
     # Everything alive now (modules, the SDK's pydantic schemas: ~150,000 objects) lives as long as the
     # process: keep it out of the cyclic GC's full collections, which otherwise scan it all (~40 ms of a
     # stalled loop, every call's audio waiting behind it).

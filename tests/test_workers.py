@@ -155,7 +155,9 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
     agent = tmp_path / "agent.py"
     agent.write_text('from phonebridge import Agent\nagent = Agent(instructions="x")\n')
     port = _free_port()
-    env = {**os.environ, "PHONEBRIDGE_VALIDATE_SIGNATURES": "false", "PHONEBRIDGE_DRAIN_TIMEOUT_S": "5"}
+    # serve refuses to start without credentials the SDK can use; no call is placed, so any key does.
+    env = {**os.environ, "PHONEBRIDGE_VALIDATE_SIGNATURES": "false", "PHONEBRIDGE_DRAIN_TIMEOUT_S": "5",
+           "GEMINI_API_KEY": "test-key"}
     for name in ("PHONEBRIDGE_PUBLIC_URL", "TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN"):
         env.pop(name, None)
     process = subprocess.Popen(
