@@ -51,6 +51,9 @@ from phonebridge.tools import ToolDispatcher, ToolOutcome
 
 log = logging.getLogger("phonebridge.call")
 
+# Model events at which the caller's words so far are a line of the transcript (see _on_transcript).
+_CALLER_LINE_ENDS = (AudioOut, OutputText, ToolCalls, Interrupted, TurnComplete)
+
 
 async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: str, call_sid: str) -> Any:
     return await transfer(call_sid, target)
@@ -247,6 +250,8 @@ class CallSession:
 
     async def _on_model_event(self, event: ModelEvent) -> None:
         now = time.monotonic()
+        if self._partial["caller"] and isinstance(event, _CALLER_LINE_ENDS):
+            self._flush_transcript("caller", now)
         if isinstance(event, AudioOut):
             await self._on_agent_audio(event.pcm24k, now)
         elif isinstance(event, Interrupted):
@@ -304,6 +309,10 @@ class CallSession:
         await self._execute(self.state.agent_turn_complete(now))
 
     def _on_transcript(self, event: InputText | OutputText, now: float) -> None:
+        # 3.1 is reported to send the caller's words without `finished` (google/adk-python#6045 marks the first
+        # text finished itself; googleapis/js-genai#1429): so the caller's line also closes when the model
+        # answers, calls a tool, is interrupted or ends its turn (_CALLER_LINE_ENDS). `finished` still closes
+        # it at once, and a closed line is empty, so the two never write it twice.
         if isinstance(event, InputText):
             self._partial["caller"] += event.text
             if event.finished:
