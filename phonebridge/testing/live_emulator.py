@@ -29,7 +29,9 @@ from phonebridge.testing.live_state import (
 )
 from phonebridge.testing.tls import LocalTLS
 
-__all__ = ["LiveEmulator", "Connection", "Conversation", "Received", "ToolResponseRecord"]
+__all__ = ["LiveEmulator", "LiveQuirks", "Connection", "Conversation", "Received", "ToolResponseRecord"]
+
+LiveQuirks = wire.LiveQuirks
 
 _PATH_SUFFIXES = tuple(
     f"/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateContent" for v in ("v1", "v1beta", "v1alpha")
@@ -49,7 +51,9 @@ class LiveEmulator:
     resumption handle that is unknown or older than `resumption_handle_ttl_s`. `unknown_tool_response_close`
     answers a tool_response for a call that is not open (None: only record a failure; an empty reason means
     "name the ids"): what the real service does there is unconfirmed. Barge-in: caller input louder than
-    `barge_in_threshold_dbfs` for `barge_in_ms` of audio while an interruptible Say is speaking.
+    `barge_in_threshold_dbfs` for `barge_in_ms` of audio while an interruptible Say is speaking. `quirks`
+    (a LiveQuirks) adds what the real 3.1 service is reported to do beyond its docs: input transcription
+    without `finished`, clientContent refused with 1007, audio messages with extra fields.
     """
 
     def __init__(
@@ -67,12 +71,14 @@ class LiveEmulator:
         api_key_required: bool = True,
         barge_in_threshold_dbfs: float = -40.0,
         barge_in_ms: float = 100.0,
+        quirks: wire.LiveQuirks | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive (math.inf for no pacing)")
         self.speed = speed
         self.barge_in_threshold_dbfs = barge_in_threshold_dbfs
         self.barge_in_ms = barge_in_ms
+        self.quirks = quirks or wire.LiveQuirks()
         self.connections: list[Connection] = []
         self.conversations: list[Conversation] = []
         self._script = script
@@ -316,6 +322,8 @@ class LiveEmulator:
             problem = self._realtime(conn, conv, data)
         elif key == "clientContent":
             problem = wire.client_content_problem(conn.setup, conn.realtime_seen) if self._strict else None
+            if problem is None and self.quirks.refuse_client_content:
+                problem = wire.CLIENT_CONTENT_REFUSED
             conn.record_in("client_content", data)
         else:
             return self._tool_response(conn, conv, data)
