@@ -118,6 +118,33 @@ async def test_a_fresh_session_is_seeded_with_the_callers_side_too(quirks):
     ]
 
 
+async def test_the_callers_words_that_trail_in_during_the_answer_stay_one_line_before_it():
+    # 3.1 may go on transcribing the question after the answer has begun: those slices are one caller line.
+    script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Say("Let me think about that one.", seconds=2.0)])
+    async with BridgeHarness(make_agent(), script, speed=5.0, quirks=UNFINISHED) as h:
+        async with h.caller(continuous=False, speed=math.inf) as caller:
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1)
+            connection = h.emulator.connections[0]
+            greeting = sum(r.kind == "audio" for r in connection.sent)
+            await speak(caller)
+
+            def answer_audio() -> int:
+                return sum(r.kind == "audio" for r in connection.sent) - greeting
+
+            await h.emulator.wait_for(lambda: answer_audio() >= 3)
+            await connection.send_raw({"serverContent": {"inputTranscription": {"text": "Do you"}}})
+            sent = answer_audio()
+            await h.emulator.wait_for(lambda: answer_audio() > sent)  # answer audio between the two slices
+            await connection.send_raw({"serverContent": {"inputTranscription": {"text": " sell bread?"}}})
+            await h.emulator.wait_for(lambda: conv(h).turns_spoken == 2)
+            await caller.wait_for(lambda c: len(live_stats(h).transcript) == 3)
+            assert answer_audio() > sent + 1  # the second slice, too, came in the middle of the answer
+        await h.wait_idle()
+    assert [(who, text) for _, who, text in h.runtime.finished[-1].transcript] == [
+        ("agent", "Hello."), ("caller", "Do you sell bread?"), ("agent", "Let me think about that one."),
+    ]
+
+
 # ---- clientContent refused --------------------------------------------------------------------------------
 
 async def test_a_refused_seed_falls_back_to_the_history_in_the_system_instruction_and_the_call_goes_on():
