@@ -51,6 +51,9 @@ from phonebridge.tools import ToolDispatcher, ToolOutcome
 
 log = logging.getLogger("phonebridge.call")
 
+# Model events at which the caller's words so far are a line of the transcript (see _caller_line_ends).
+_CALLER_LINE_ENDS = (AudioOut, OutputText, ToolCalls, Interrupted, TurnComplete)
+
 
 async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: str, call_sid: str) -> Any:
     return await transfer(call_sid, target)
@@ -78,6 +81,7 @@ class CallSession:
         self._tools: ToolCallRunner | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._partial = {"caller": "", "agent": ""}
+        self._answering = False  # the model's turn has begun (its first audio or transcript)
         self._recorder: Recorder | None = None
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
@@ -254,6 +258,8 @@ class CallSession:
 
     async def _on_model_event(self, event: ModelEvent) -> None:
         now = time.monotonic()
+        if isinstance(event, _CALLER_LINE_ENDS):
+            self._caller_line_ends(event, now)
         if isinstance(event, AudioOut):
             await self._on_agent_audio(event.pcm24k, now)
         elif isinstance(event, Interrupted):
@@ -309,6 +315,21 @@ class CallSession:
                 self.stats.turns += 1
         self._flush_transcript("agent", now)
         await self._execute(self.state.agent_turn_complete(now))
+
+    def _caller_line_ends(self, event: ModelEvent, now: float) -> None:
+        """3.1 is reported to send the caller's words without `finished` (google/adk-python#6045 marks the first
+        text finished itself; googleapis/js-genai#1429): so the caller's line also closes when the model starts
+        answering (its first audio or transcript of a turn: words that trail in during the answer stay one
+        line), calls a tool, is interrupted or ends its turn. `finished` still closes it at once, and a closed
+        line is empty, so the two never write it twice."""
+        if isinstance(event, (AudioOut, OutputText)):
+            if self._answering:
+                return
+            self._answering = True
+        elif isinstance(event, (Interrupted, TurnComplete)):
+            self._answering = False
+        if self._partial["caller"]:
+            self._flush_transcript("caller", now)
 
     def _on_transcript(self, event: InputText | OutputText, now: float) -> None:
         if isinstance(event, InputText):

@@ -2,7 +2,8 @@
 
 `LiveLink` keeps one logical conversation alive across connections (`live_config.build_config` says what
 each one asks for): it resumes with the latest handle on `goAway` or on a dropped connection, and falls back
-to a fresh session seeded with the transcript when the service refuses the handle.
+to a fresh session given the transcript when the service refuses the handle (as clientContent, or folded
+into the system instruction when that is refused too: live_config says how each refusal is read).
 
 A handle stands for the session's state when the service issued it; what the client sent after that is not
 in it. So the link keeps the caller audio and texts sent since the last handle (bounded) and sends them again
@@ -19,7 +20,6 @@ import base64
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -29,26 +29,28 @@ from google.genai import types
 
 from phonebridge.agent import Agent
 from phonebridge.errors import ModelUnavailable
-from phonebridge.live_config import build_config
+from phonebridge.live_config import REFUSED, HistoryMode, Opening, after_refusal, build_config, opening
+from phonebridge.live_resend import REPLAY_FRAMES, ResendBuffer
 from phonebridge.model_events import (
-    AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, translate,
+    AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, Usage,
+    translate,
 )
 from phonebridge.model_wire import reader_for
 
+__all__ = ["REPLAY_FRAMES", "LiveLink", "audio_message"]  # REPLAY_FRAMES: the bound, in 20 ms frames
+
 AUDIO_MIME = "audio/pcm;rate=16000"
-# Caller audio kept since the last confirmed handle, replayed on the next connection: 6 s of 16 kHz PCM
-# in 20 ms frames (192 KB a call at most). Older audio goes first; usually this holds one utterance.
-REPLAY_FRAMES = 300
-# Texts (greeting prompt, keypad notices) kept the same way; they are few and small.
-REPLAY_TEXTS = 16
 # What was sent this long before a handle arrived may still have been in flight when it was issued.
 CONFIRM_MARGIN_S = 0.2
 # A connection that lived this long had recovered; its loss starts a fresh count of attempts.
 STABLE_CONNECTION_S = 5.0
 # How long closing an abandoned connection may take before we move on without it.
 CLOSE_GRACE_S = 0.5
-# Close codes after which resuming with the same handle is pointless.
-_REFUSED = (1007, 1008)
+# websockets' wait for the far end's close frame, then it aborts the TCP connection. Its 10 s default held
+# hang-ups with over `max_queue` (16) messages unread: with its queue full it stops reading, so never sees it.
+CLOSE_TIMEOUT_S = 0.25
+# Events that say nothing about the conversation: a refusal after only these still refuses the opening.
+_HOUSEKEEPING = (ResumptionUpdate, Usage, GoAway)
 
 EventSink = Callable[[ModelEvent], Awaitable[None]]
 
@@ -96,12 +98,11 @@ class LiveLink:
         self._handle: str | None = None
         self._resumable = False
         self._closing = False
-        # (sequence, time.monotonic() when sent, message) since the last handle: sent again on the next
-        # connection. The sequence keeps audio and texts in their original order.
-        self._replay_audio: deque[tuple[int, float, bytes]] = deque(maxlen=REPLAY_FRAMES)
-        self._replay_texts: deque[tuple[int, float, str]] = deque(maxlen=REPLAY_TEXTS)
-        self._sequence = 0
+        self._resend = ResendBuffer()  # what was sent since the last handle: sent again on the next connection
         self._history: list[types.Content] = []
+        self._history_mode = HistoryMode.CLIENT_CONTENT  # moves down when the service refuses a way of seeding
+        self._opened = Opening.PLAIN  # how the current (or last attempted) connection was opened
+        self._heard = False  # whether it has delivered anything of the conversation
         self._switch_due: float | None = None
         self._mid_turn = False
         self.ready = asyncio.Event()
@@ -116,11 +117,10 @@ class LiveLink:
     async def send_audio(self, pcm16k: bytes) -> None:
         """Send a frame of caller audio, or hold it for the next connection while there is none."""
         session = self._session
-        if session is None and len(self._replay_audio) == REPLAY_FRAMES:
-            self.held_dropped += 1
-        self._sequence += 1
-        self._replay_audio.append((self._sequence, time.monotonic(), pcm16k))
-        if session is not None:
+        dropped = self._resend.add_audio(pcm16k, time.monotonic())
+        if session is None:
+            self.held_dropped += dropped
+        else:
             try:
                 await self._send_audio_now(session, pcm16k)
             except Exception as exc:  # noqa: BLE001 - a dying connection: the replay buffer has the audio
@@ -140,8 +140,7 @@ class LiveLink:
         """Send a text turn. True once sent, or held for the connection being opened; False after close."""
         if self._closing:
             return False
-        self._sequence += 1
-        self._replay_texts.append((self._sequence, time.monotonic(), text))
+        self._resend.add_text(text, time.monotonic())
         session = self._session
         if session is None:
             return True
@@ -189,15 +188,17 @@ class LiveLink:
         self._tap = None
         self._on_reconnect = None
         self._history = []
-        self._replay_audio.clear()
-        self._replay_texts.clear()
+        self._resend.clear()
 
     async def close(self) -> None:
+        """End the conversation. Prompt even with messages unread (see CLOSE_TIMEOUT_S); the outer bound is for
+        an SDK whose session has no websockets connection to tell."""
         self._closing = True
         session, self._session = self._session, None
         if session is not None:
             with contextlib.suppress(Exception):
-                await session.close()
+                async with asyncio.timeout(CLOSE_GRACE_S):
+                    await session.close()
 
     # -- the connection loop ---------------------------------------------------------------------------
 
@@ -224,15 +225,15 @@ class LiveLink:
                 # A connection that dies at once does not count as recovered: the attempts stay bounded.
                 if connected_at is not None and time.monotonic() - connected_at > STABLE_CONNECTION_S:
                     failures = 0
-                failures += 1
                 cause = _cause(exc)
+                # A refusal that changes how the next connection opens is a step down a finite ladder, not
+                # a failed attempt: seeding refused, say, still leaves the folded and the plain session.
+                if not self._refusal_moves_on(exc):
+                    failures += 1
                 self._log.warning("model connection lost (%s, attempt %d): %r", cause, failures, exc)
                 if failures > self._attempts:
                     raise ModelUnavailable(f"model unreachable after {failures} attempts: {exc!r}") from exc
-                if isinstance(exc, genai_errors.APIError) and exc.code in _REFUSED and self._handle:
-                    self._log.warning("the service refused resumption; starting a fresh session with the transcript")
-                    self._handle = None
-                await asyncio.sleep(min(self._backoff_s * 2 ** (failures - 1), 4.0))
+                await asyncio.sleep(min(self._backoff_s * 2 ** (max(failures, 1) - 1), 4.0))
             finally:
                 self._session = None
                 self.ready.clear()
@@ -241,6 +242,20 @@ class LiveLink:
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
                 if self._on_reconnect is not None:
                     self._on_reconnect(cause)
+
+    def _refusal_moves_on(self, exc: Exception) -> bool:
+        """Whether `exc` refused the way the last connection opened (live_config.after_refusal), and so changed
+        how the next one opens. A 1007/1008 after the conversation went on is about a message: the handle stays."""
+        code = exc.code if isinstance(exc, genai_errors.APIError) else None
+        step = after_refusal(self._opened, self._history_mode, code, self._heard)
+        if step is None:
+            return False
+        drop_handle, self._history_mode = step
+        if drop_handle:
+            self._handle = None  # a refused seeded session's own handle stands for a session without the history
+        self._log.warning("the service refused the %s session (%s); next, a fresh session with history mode %s",
+                          self._opened.value, code, self._history_mode.value)
+        return True
 
     async def _close_connection(self, stack: contextlib.AsyncExitStack) -> None:
         """Close the SDK session without waiting long: a dead socket's close handshake would otherwise hold
@@ -264,8 +279,11 @@ class LiveLink:
             await self._sink(TurnComplete())
 
     async def _connect(self, stack: contextlib.AsyncExitStack, cause: str) -> Any:
-        seed = self._handle is None and bool(self._history)
-        config = build_config(self._agent, self._declarations, resume_handle=self._handle, seed_history=seed)
+        self._opened = opened = opening(self._handle, bool(self._history), self._history_mode)
+        self._heard = False
+        seed = opened is Opening.SEEDED
+        config = build_config(self._agent, self._declarations, resume_handle=self._handle, seed_history=seed,
+                              folded_history=self._history if opened is Opening.FOLDED else ())
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._connect_timeout_s):
@@ -273,21 +291,22 @@ class LiveLink:
                     self._client.aio.live.connect(model=self._agent.model, config=config)
                 )
         except genai_errors.APIError as exc:
-            if exc.code in _REFUSED and not self._handle and not self.connections:
+            if exc.code in REFUSED and not self._handle and not self.connections:
                 raise ModelUnavailable(f"the model refused the session: {exc.code} {exc.message or exc}") from exc
             raise
+        socket = getattr(session, "_ws", None)  # websockets' own setting (see CLOSE_TIMEOUT_S): no SDK patching
+        if socket is not None and hasattr(socket, "close_timeout"):
+            socket.close_timeout = CLOSE_TIMEOUT_S
         if self._tap is not None:
             self._tap("model_connect", {"cause": cause, "resumed": self._handle is not None, "seeded": seed,
+                                        "opening": opened.value,
                                         "config": config.model_dump(mode="json", exclude_none=True)})
         if seed:
             turns: list[types.Content | types.ContentDict] = list(self._history)
             await session.send_client_content(turns=turns, turn_complete=True)
         self.connections += 1
         self._switch_due = None
-        self._log.info(
-            "model connected in %.0f ms (%s%s)", (time.monotonic() - started) * 1000, cause,
-            ", resumed" if self._handle else "",
-        )
+        self._log.info("model connected in %.0f ms (%s, %s)", (time.monotonic() - started) * 1000, cause, opened.value)
         await self._replay(session)
         self._session = session  # only now: what the caller says meanwhile is held, then sent in order
         self.ready.set()
@@ -297,8 +316,7 @@ class LiveLink:
         """What was sent since the last confirmed handle is not in the state this connection starts from."""
         done = audio = texts = 0
         while True:  # the caller goes on talking while we send: loop until nothing newer is left
-            pending = sorted([(seq, pcm) for seq, _, pcm in self._replay_audio if seq > done]
-                             + [(seq, text) for seq, _, text in self._replay_texts if seq > done])
+            pending = self._resend.pending(done)
             if not pending:
                 break
             for seq, message in pending:
@@ -309,9 +327,7 @@ class LiveLink:
                     await self._send_text_now(session, message)
                     texts += 1
                 done = seq
-        now = time.monotonic()  # sent again now: only a handle issued after this includes them
-        self._replay_audio = deque(((seq, now, pcm) for seq, _, pcm in self._replay_audio), maxlen=REPLAY_FRAMES)
-        self._replay_texts = deque(((seq, now, text) for seq, _, text in self._replay_texts), maxlen=REPLAY_TEXTS)
+        self._resend.restamp(time.monotonic())  # sent again now: only a handle issued after this includes them
         if (audio or texts) and self.connections > 1:
             self._log.info("sent %d audio frames and %d texts again on the new connection", audio, texts)
 
@@ -355,13 +371,9 @@ class LiveLink:
                     self.received_at = time.monotonic()  # after the SDK's parse: a little late
                     yield translate(message), message
 
-    def _confirm(self, before: float) -> None:
-        """A new handle includes what was sent before `before`: no need to send that again."""
-        for buffer in (self._replay_audio, self._replay_texts):
-            while buffer and buffer[0][1] < before:
-                buffer.popleft()
-
     def _observe(self, event: ModelEvent) -> None:
+        if not self._heard and not isinstance(event, _HOUSEKEEPING):
+            self._heard = True
         if isinstance(event, (AudioOut, OutputText, ToolCalls)):
             self._mid_turn = True
         elif isinstance(event, TurnComplete):
@@ -370,7 +382,7 @@ class LiveLink:
             self._resumable = event.resumable
             if event.resumable and event.handle:
                 self._handle = event.handle
-                self._confirm(self.received_at - CONFIRM_MARGIN_S)
+                self._resend.confirm(self.received_at - CONFIRM_MARGIN_S)  # no need to send that again
         elif isinstance(event, GoAway):
             # Switch at the next resumable point, or with a margin before the server's deadline.
             self._switch_due = time.monotonic() + max(0.0, event.time_left_s - 2.0)

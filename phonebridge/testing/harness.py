@@ -27,7 +27,7 @@ from phonebridge.agent import Agent
 from phonebridge.app import NO_COMPRESSION, RUNTIME, Runtime, make_app
 from phonebridge.config import Settings
 from phonebridge.rest import TwilioRest
-from phonebridge.testing.live_emulator import LiveEmulator
+from phonebridge.testing.live_emulator import LiveEmulator, LiveQuirks
 from phonebridge.testing.live_script import Script
 from phonebridge.testing.twilio_caller import TwilioCaller
 from phonebridge.testing.twilio_rest import TwilioRestEmulator
@@ -52,13 +52,14 @@ class BridgeHarness:
         observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
         record_dir: str | os.PathLike[str] | None = None,
         live: bool = False,
+        quirks: LiveQuirks | None = None,
     ) -> None:
         self.record_dir = None if record_dir is None else str(record_dir)
         self.live = live
         self.observers = list(observers)
         self.agent = agent
         self.speed = speed
-        self.emulator = emulator or LiveEmulator(script, speed=speed)
+        self.emulator = emulator or LiveEmulator(script, speed=speed, quirks=quirks)
         self.rest = TwilioRestEmulator(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
         self._settings = settings
         self._app_setup = app_setup

@@ -13,6 +13,7 @@ Or point a subprocess at it with `emu.client_env()` (GOOGLE_GEMINI_BASE_URL, SSL
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -29,7 +30,9 @@ from phonebridge.testing.live_state import (
 )
 from phonebridge.testing.tls import LocalTLS
 
-__all__ = ["LiveEmulator", "Connection", "Conversation", "Received", "ToolResponseRecord"]
+__all__ = ["LiveEmulator", "LiveQuirks", "Connection", "Conversation", "Received", "ToolResponseRecord"]
+
+LiveQuirks = wire.LiveQuirks
 
 _PATH_SUFFIXES = tuple(
     f"/ws/google.ai.generativelanguage.{v}.GenerativeService.BidiGenerateContent" for v in ("v1", "v1beta", "v1alpha")
@@ -37,6 +40,7 @@ _PATH_SUFFIXES = tuple(
 _UNKNOWN_HANDLE = "Invalid argument: session resumption handle is invalid or has expired."
 _NO_KEY = "Missing API key: pass one in the x-goog-api-key header."
 _SETUP_TIMEOUT_S = 10.0
+_CLOSE_AFTER_TURN_S = 30.0  # close_reply_after_turn: the longest the rest of a turn may take
 ScriptSource = Script | Callable[[dict[str, Any]], Script] | None
 
 
@@ -49,7 +53,12 @@ class LiveEmulator:
     resumption handle that is unknown or older than `resumption_handle_ttl_s`. `unknown_tool_response_close`
     answers a tool_response for a call that is not open (None: only record a failure; an empty reason means
     "name the ids"): what the real service does there is unconfirmed. Barge-in: caller input louder than
-    `barge_in_threshold_dbfs` for `barge_in_ms` of audio while an interruptible Say is speaking.
+    `barge_in_threshold_dbfs` for `barge_in_ms` of audio while an interruptible Say is speaking. `quirks`
+    (a LiveQuirks) adds what the real 3.1 service is reported to do beyond its docs: input transcription
+    without `finished`, clientContent refused with 1007, audio messages with extra fields.
+    `close_reply_after_turn`: a far end that sends the rest of the turn it is sending before it answers the
+    client's close frame (RFC 6455 lets it send until its own close frame): a client that stopped reading never
+    sees the answer, and must not wait long for it.
     """
 
     def __init__(
@@ -67,12 +76,16 @@ class LiveEmulator:
         api_key_required: bool = True,
         barge_in_threshold_dbfs: float = -40.0,
         barge_in_ms: float = 100.0,
+        quirks: wire.LiveQuirks | None = None,
+        close_reply_after_turn: bool = False,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be positive (math.inf for no pacing)")
         self.speed = speed
         self.barge_in_threshold_dbfs = barge_in_threshold_dbfs
         self.barge_in_ms = barge_in_ms
+        self.quirks = quirks or wire.LiveQuirks()
+        self._close_after_turn = close_reply_after_turn
         self.connections: list[Connection] = []
         self.conversations: list[Conversation] = []
         self._script = script
@@ -209,7 +222,8 @@ class LiveEmulator:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if not request.path.endswith(_PATH_SUFFIXES):
             raise web.HTTPNotFound(text=f"no such method: {request.path}")
-        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=64 * 1024 * 1024, compress=False, timeout=2.0)
+        ws = web.WebSocketResponse(heartbeat=None, max_msg_size=64 * 1024 * 1024, compress=False, timeout=2.0,
+                                   autoclose=not self._close_after_turn)
         await ws.prepare(request)
         conn = Connection(len(self.connections), request, ws, self._clock, self._notify, binary=self._binary, speed=self.speed)
         self.connections.append(conn)
@@ -290,6 +304,8 @@ class LiveEmulator:
         while True:
             msg = await ws.receive()
             if msg.type == WSMsgType.CLOSE:
+                if self._close_after_turn:
+                    await self._finish_then_close(ws, conn, int(msg.data))
                 return int(msg.data), str(msg.extra or "")
             if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return None, None
@@ -298,6 +314,13 @@ class LiveEmulator:
             if refusal:
                 await conn.close(*refusal)
                 return None, None
+
+    async def _finish_then_close(self, ws: web.WebSocketResponse, conn: Connection, code: int) -> None:
+        """The client sent its close frame: go on with the script's turn (bounded), then answer it."""
+        if conn.runner is not None:
+            await asyncio.wait([conn.runner], timeout=_CLOSE_AFTER_TURN_S)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await ws.close(code=code)
 
     def _dispatch(self, conn: Connection, raw: dict[str, Any]) -> tuple[int, str] | None:
         """Record one client message and route it; returns (code, reason) if the service would refuse it."""
@@ -316,6 +339,8 @@ class LiveEmulator:
             problem = self._realtime(conn, conv, data)
         elif key == "clientContent":
             problem = wire.client_content_problem(conn.setup, conn.realtime_seen) if self._strict else None
+            if problem is None and self.quirks.refuse_client_content:
+                problem = wire.CLIENT_CONTENT_REFUSED
             conn.record_in("client_content", data)
         else:
             return self._tool_response(conn, conv, data)

@@ -26,7 +26,9 @@ from phonebridge.testing.live_script import (
 from phonebridge.testing.live_state import Connection, ConnectionGone, Conversation
 from phonebridge.testing.live_wire import (
     EnergyDetector,
+    LiveQuirks,
     audio_content,
+    input_transcription,
     resumption_update,
     split_words,
     usage_metadata,
@@ -41,6 +43,7 @@ class Runtime(Protocol):
     speed: float
     barge_in_threshold_dbfs: float
     barge_in_ms: float
+    quirks: LiveQuirks
 
     async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool: ...
 
@@ -101,7 +104,8 @@ async def _run_step(rt: Runtime, conv: Conversation, conn: Connection, index: in
     elif isinstance(step, Say):
         await _say(rt, conv, conn, index, step)
     elif isinstance(step, Hear):
-        await conn.send({"serverContent": {"inputTranscription": {"text": step.text, "finished": True}}}, "input_transcription")
+        for message in input_transcription(step.text, finished=not rt.quirks.unfinished_input_transcription):
+            await conn.send(message, "input_transcription")
     elif isinstance(step, CallTools):
         await _call_tools(rt, conv, conn, step)
     elif isinstance(step, CancelTools):
@@ -203,7 +207,7 @@ async def _stream(
     """Send the chunks at `speed` times real time; True if the caller barged in (the rest is cut)."""
     start = rt.now()
     for number, (chunk, text) in enumerate(zip(chunks, words), start=1):
-        await conn.send(audio_content(chunk, text or None), "audio")
+        await conn.send(audio_content(chunk, text or None, rt.quirks.audio_extra_fields), "audio")
         due = 0.0 if math.isinf(rt.speed) else start + number * chunk_s / rt.speed - rt.now()
         if await rt.wait_until(barged, due):
             return True

@@ -64,7 +64,7 @@ class Say:
 
 @dataclass(frozen=True)
 class Hear:
-    """Report what the caller said: inputTranscription {text, finished: true}."""
+    """Report what the caller said: inputTranscription {text, finished: true} (LiveQuirks: word slices, unfinished)."""
 
     text: str
 

@@ -7,6 +7,7 @@ Facts this module encodes (see docs PROTOCOLS.md section 2):
 - Client audio is base64 in the URL-safe alphabet, padding not guaranteed. Server messages use standard
   base64 and camelCase keys only, and never a top-level key the SDK does not know (it crashes on those).
 - gemini-3.1-flash-live-preview closes with 1007 on settings it does not support.
+- What the real service is reported to do beyond its docs (PROTOCOLS.md section 4) is opt-in: LiveQuirks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,6 +62,32 @@ def close_reason(text: str) -> str:
     """`text` cut to what fits in a close frame."""
     data = text.encode()[:CLOSE_REASON_MAX_BYTES]
     return data.decode(errors="ignore")
+
+
+@dataclass(frozen=True)
+class LiveQuirks:
+    """Behaviours the real gemini-3.1-flash-live-preview is reported to have beyond its docs. All off by default
+    (the documented shape); a test runs the bridge through both shapes. `LiveQuirks.reported_31()` turns all on.
+
+    - `unfinished_input_transcription`: the caller's words come as several `inputTranscription` slices, none
+      with `finished` (google/adk-python#6045 marks the first text finished itself; googleapis/js-genai#1429).
+    - `refuse_client_content`: a `clientContent` seed closes the session with 1007 even with `historyConfig`
+      set (yagudaev/voiceclaw#248, #252; livekit/agents#5262).
+    - `audio_extra_fields`: audio messages carry fields beside the audio (`waitingForInput: false`, a part's
+      `thought: false`; the real extras are unconfirmed, these are fields the SDK knows), which the bridge's
+      direct reader does not take: such messages go through the SDK's own parse.
+    """
+
+    unfinished_input_transcription: bool = False
+    refuse_client_content: bool = False
+    audio_extra_fields: bool = False
+
+    @classmethod
+    def reported_31(cls) -> LiveQuirks:
+        return cls(unfinished_input_transcription=True, refuse_client_content=True, audio_extra_fields=True)
+
+
+CLIENT_CONTENT_REFUSED = "Request contains an invalid argument."
 
 
 # ---- strictness: what gemini-3.1-flash-live-preview refuses with 1007 ---------------------------------------
@@ -117,13 +145,26 @@ def duration(seconds: float) -> str:
     return f"{int(seconds)}s" if float(seconds).is_integer() else f"{seconds:.3f}s"
 
 
-def audio_content(pcm24k: bytes, transcript: str | None) -> dict[str, Any]:
-    """One 3.1-style event: a chunk of 24 kHz audio with its slice of outputTranscription."""
+def audio_content(pcm24k: bytes, transcript: str | None, extra_fields: bool = False) -> dict[str, Any]:
+    """One 3.1-style event: a chunk of 24 kHz audio with its slice of outputTranscription (and, with
+    `extra_fields`, the LiveQuirks extras that take it off the bridge's fast path)."""
     data = base64.b64encode(pcm24k).decode("ascii")
-    content: dict[str, Any] = {"modelTurn": {"parts": [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}]}}
+    part: dict[str, Any] = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
+    content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
     if transcript:
         content["outputTranscription"] = {"text": transcript}
+    if extra_fields:
+        part["thought"] = False
+        content["waitingForInput"] = False
     return {"serverContent": content}
+
+
+def input_transcription(text: str, finished: bool = True) -> list[dict[str, Any]]:
+    """What the caller said: one finished `inputTranscription`, or (the 3.1 quirk) a slice per word, unfinished."""
+    if finished:
+        return [{"serverContent": {"inputTranscription": {"text": text, "finished": True}}}]
+    slices = split_words(text, max(1, len(text.split())))
+    return [{"serverContent": {"inputTranscription": {"text": piece}}} for piece in slices if piece]
 
 
 def usage_metadata(prompt_tokens: int, response_tokens: int) -> dict[str, Any]:

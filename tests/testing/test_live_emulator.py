@@ -408,3 +408,57 @@ async def test_last_consumed_client_message_index_comes_only_with_transparent_re
     assert all("lastConsumedClientMessageIndex" not in u for u in plain)
     # After the turn, the handle includes the one client message after setup (index 0: the text).
     assert transparent[-1] == {"resumable": True, "newHandle": "emu-1-2", "lastConsumedClientMessageIndex": "0"}
+
+
+# ---- LiveQuirks: what the real 3.1 service is reported to do beyond its docs -------------------------------
+
+async def test_quirk_a_client_content_seed_is_refused_even_with_history_config() -> None:
+    from phonebridge.testing.live_emulator import LiveQuirks
+
+    turn = types.Content(role="user", parts=[types.Part(text="earlier")])
+    quirks = LiveQuirks(refuse_client_content=True)
+    async with LiveEmulator(Script([WaitForText(), Say("ok")]), speed=math.inf, quirks=quirks) as emu:
+        cfg = config(history_config=types.HistoryConfig(initial_history_in_client_content=True))
+        async with session(emu, cfg) as live:
+            await live.send_client_content(turns=turn, turn_complete=True)
+            with pytest.raises(errors.APIError) as refused:
+                await one_turn(live)
+    assert (refused.value.code, refused.value.details) == (1007, "Request contains an invalid argument.")
+
+
+@pytest.mark.parametrize("unfinished", [False, True])
+async def test_quirk_input_transcription_comes_in_word_slices_without_finished(unfinished: bool) -> None:
+    from phonebridge.testing.live_emulator import LiveQuirks
+
+    quirks = LiveQuirks(unfinished_input_transcription=unfinished)
+    async with LiveEmulator(Script([WaitForText(), Hear("Do you sell bread?"), Say("Yes.")]), speed=math.inf,
+                            quirks=quirks) as emu:
+        async with session(emu) as live:
+            await live.send_realtime_input(text="go")
+            messages = await one_turn(live)
+    heard = [m.server_content.input_transcription for m in messages
+             if m.server_content and m.server_content.input_transcription]
+    assert "".join(t.text or "" for t in heard) == "Do you sell bread?"
+    if unfinished:
+        assert [t.text for t in heard] == ["Do", " you", " sell", " bread?"]
+        assert not any(t.finished for t in heard)
+    else:
+        assert [(t.text, t.finished) for t in heard] == [("Do you sell bread?", True)]
+
+
+async def test_quirk_audio_messages_carry_extra_fields_and_the_same_audio() -> None:
+    from phonebridge.model_wire import audio_events
+    from phonebridge.testing.live_emulator import LiveQuirks
+
+    heard: dict[bool, bytes] = {}
+    for extra in (False, True):
+        async with LiveEmulator(Script([WaitForText(), Say("Hello there.")]), speed=math.inf,
+                                quirks=LiveQuirks(audio_extra_fields=extra)) as emu:
+            async with session(emu) as live:
+                await live.send_realtime_input(text="go")
+                heard[extra] = audio_of(await one_turn(live))
+            sent = [r.message for r in emu.connections[0].sent if r.kind == "audio"]
+        assert sent and all((audio_events(m) is None) == extra for m in sent)
+        if extra:
+            assert all(m["serverContent"]["waitingForInput"] is False for m in sent)
+    assert heard[True] == heard[False] and heard[True]
