@@ -17,7 +17,8 @@ partly: that is the price of the short delay.
 
 Why the output is exact: coefficients are rounded to multiples of 2**-30 and input samples are integers, so
 every product and every partial sum is exactly representable in a float64. The result does not depend on the
-order BLAS sums in, which makes streaming in any chunk sizes give the very same samples as one call.
+order BLAS sums in, which makes streaming in any chunk sizes give the very same samples as one call; the
+rounding and clipping that follow are exact too (see _ROUND).
 """
 
 from __future__ import annotations
