@@ -295,7 +295,7 @@ def test_output_count_follows_input_exactly_whatever_the_chunks(src: int, dst: i
 @pytest.mark.parametrize(("src", "dst"), RATIOS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_chunking_equals_one_shot(src: int, dst: int, seed: int) -> None:
-    speech = synth_speech("streaming equals one shot", src, seconds=2.5)  # longer than a chunk: split inside
+    speech = synth_speech("streaming equals one shot", src, seconds=2.5)
     one_shot = resample_all(src, dst, speech)
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.integers(0, len(speech), size=40))  # odd byte offsets and empty chunks included
