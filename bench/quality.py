@@ -136,8 +136,8 @@ async def _sdk_costs(messages: int) -> dict[str, float]:
 
 
 def costs(messages: int = 2000) -> dict[str, float]:
-    """Microseconds: transcoding per 20 ms frame each way; the SDK per message (one message carries one
-    inbound 20 ms frame, or one 40 ms outbound chunk = two frames)."""
+    """Microseconds: transcoding per 20 ms frame each way (CPU time, median batch: bench/audio.per_frame_us);
+    the SDK per message (one message carries one inbound 20 ms frame, or one 40 ms outbound chunk = two frames)."""
     import audio as bench_audio  # bench/audio.py: its timing loop and delay measurement
 
     inbound_frames = [ulaw_encode(f) for f in bench_audio._frames(synth_speech("the caller says", 8000, seconds=2.0), 320)]

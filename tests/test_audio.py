@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from phonebridge.audio import InboundTranscoder, OutboundTranscoder, Resampler, ulaw_decode, ulaw_encode
+from phonebridge.audio import _LOW_WORD, _ROUND, _polyphase
 from phonebridge.testing.speech import rms_dbfs, synth_speech
 
 with warnings.catch_warnings():
@@ -57,6 +58,26 @@ def db(amplitude: float) -> float:
 def resample_all(src: int, dst: int, data: bytes) -> bytes:
     resampler = Resampler(src, dst)
     return resampler.process(data) + resampler.flush()
+
+
+def resample_framed(src: int, dst: int, data: bytes) -> np.ndarray:
+    """The streaming API as the bridge drives it: 20 ms frames, then flush()."""
+    resampler = Resampler(src, dst)
+    frame = 2 * src // 50
+    pieces = [resampler.process(data[i : i + frame]) for i in range(0, len(data), frame)]
+    return samples_of(b"".join(pieces) + resampler.flush())
+
+
+def reference_resample(src: int, dst: int, data: bytes) -> bytes:
+    """The textbook computation of the same filter, written plainly: every block's window of the zero-padded
+    input times the polyphase matrix, then numpy's rounding and clipping. What the fast path must equal."""
+    f = _polyphase(src, dst)
+    x = np.concatenate([np.zeros(f.taps - 1), samples_of(data), np.zeros(f.delay // f.up + 2 * f.window)])
+    wanted = -(-(len(data) // 2 * f.up + f.delay) // f.down)  # ceil: the outputs process() + flush() return
+    blocks = -(-wanted // f.up)
+    windows = np.stack([x[q * f.down : q * f.down + f.window] for q in range(blocks)])
+    out = (windows @ f.matrix).reshape(-1)[:wanted]
+    return np.clip(np.rint(out), -32768, 32767).astype("<i2").tobytes()
 
 
 # --- G.711 mu-law --------------------------------------------------------------------------------------------
@@ -150,6 +171,105 @@ def test_measured_delay_equals_delay_ms(src: int, dst: int) -> None:
     assert measured_ms <= 3.0
 
 
+# --- the quality bars, through the streaming API in 20 ms frames (issue 17) ----------------------------------
+# The bars above hold for one-shot calls; these feed steady tones frame by frame as the bridge does, and measure
+# what comes out: flatness at several frequencies, rejection, and the delay read from the tones' phase.
+
+STREAMED = [(8000, 16000), (24000, 8000)]
+
+
+@pytest.mark.parametrize(("src", "dst"), STREAMED)
+def test_streamed_tones_are_flat_within_a_tenth_of_a_db_from_300_to_3400_hz(src: int, dst: int) -> None:
+    gains = {f: db(float(spectrum(resample_framed(src, dst, tone(f, src)), dst)[f])) for f in (300, 500, 1000,
+             1700, 2300, 2900, 3100, 3300, 3400)}
+    assert max(gains.values()) - min(gains.values()) <= 0.1, gains
+    assert max(abs(g) for g in gains.values()) <= 0.1, gains
+
+
+@pytest.mark.parametrize("freq", [4600, 5300, 7000, 8000, 10100, 11900])
+def test_streamed_24k_to_8k_aliases_are_80_db_down(freq: int) -> None:
+    amplitudes = spectrum(resample_framed(24000, 8000, tone(freq, 24000)), 8000)
+    assert db(float(amplitudes.max())) <= -80.0
+
+
+@pytest.mark.parametrize("freq", [300, 1900, 3400])
+def test_streamed_8k_to_16k_images_are_80_db_down(freq: int) -> None:
+    amplitudes = spectrum(resample_framed(8000, 16000, tone(freq, 8000)), 16000)
+    assert db(float(amplitudes[4000:].max())) <= -80.0
+
+
+@pytest.mark.parametrize(("src", "dst"), STREAMED)
+def test_streamed_tones_lag_by_the_same_delay_at_most_3ms(src: int, dst: int) -> None:
+    # Linear phase: every tone comes out delayed by the same time, read from its phase against the input's.
+    # A 300 Hz period (3.3 ms) is longer than any delay we allow, so its phase gives the delay itself; higher
+    # tones' phases repeat every period, so each takes the lag nearest to that first estimate.
+    window, start = np.kaiser(dst, 14.0), int(SKIP_S * dst)
+    t = (start + np.arange(dst)) / dst
+    delays = []
+    for freq in (300, 700, 1500, 2500, 3400):
+        out = np.fft.rfft(resample_framed(src, dst, tone(freq, src))[start : start + dst] * window)[freq]
+        ideal = np.fft.rfft(np.sin(2 * np.pi * freq * t) * window)[freq]
+        lag_ms = 1000 * ((np.angle(ideal) - np.angle(out)) % (2 * np.pi)) / (2 * np.pi * freq)
+        period_ms = 1000 / freq
+        delays.append(lag_ms + period_ms * round(((delays or [lag_ms])[0] - lag_ms) / period_ms))
+    assert max(delays) - min(delays) <= 0.01, delays
+    assert delays[0] == pytest.approx(Resampler(src, dst).delay_ms, abs=0.01)
+    assert max(delays) <= 3.0
+
+
+# --- the fast path (issue 17): the same bytes as the plain computation -----------------------------------------
+
+
+@pytest.mark.parametrize(("src", "dst"), RATIOS)
+def test_streaming_equals_the_plain_numpy_computation_including_clipping(src: int, dst: int) -> None:
+    rng = np.random.default_rng(src + dst)
+    speech = samples_of(synth_speech("loud enough to clip", src, seconds=0.6))
+    loud = np.clip(speech * 12 + rng.normal(0, 40, len(speech)), -32768, 32767)  # overshoots past full scale
+    data = pcm(np.round(loud))
+    expected = reference_resample(src, dst, data)
+    assert resample_all(src, dst, data) == expected
+    assert pcm(resample_framed(src, dst, data)) == expected
+    resampler = Resampler(src, dst)
+    cuts = np.sort(rng.integers(0, len(data), size=30))
+    pieces = [resampler.process(data[a:b]) for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+    assert b"".join(pieces) + resampler.flush() == expected
+
+
+def test_the_rounding_constant_rounds_like_rint_and_leaves_the_integer_in_the_low_word() -> None:
+    # Ties (x.5) go to even, as numpy.rint does; negatives come out in two's complement.
+    values = np.array([0.0, -0.0, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 0.49999999, -32768.4, 32767.5, 40000.7,
+                       -70000.2, 1234.5 + 2.0**-30, -1234.5 - 2.0**-30])
+    rounded = values + _ROUND
+    low_words = rounded.view(np.int32)[_LOW_WORD::2]
+    assert low_words.tolist() == np.rint(values).astype(np.int64).tolist()
+
+
+def test_the_transcoders_equal_their_parts() -> None:
+    # The transcoders skip the PCM16 step (lin2ulaw reads the wide samples): the bytes must not change.
+    speech = samples_of(synth_speech("the model answers loudly", 24000, seconds=0.5))
+    loud = pcm(np.clip(np.round(speech * 10), -32768, 32767))
+    outbound, resampler = OutboundTranscoder(), Resampler(24000, 8000)
+    for i in range(0, len(loud), 960):
+        assert outbound.process(loud[i : i + 960]) == ulaw_encode(resampler.process(loud[i : i + 960]))
+    assert outbound.flush() == ulaw_encode(resampler.flush())
+    ulaw = ulaw_encode(pcm(np.clip(np.round(speech[::3] * 10), -32768, 32767)))
+    inbound, resampler = InboundTranscoder(), Resampler(8000, 16000)
+    for i in range(0, len(ulaw), 160):
+        assert inbound.process(ulaw[i : i + 160]) == resampler.process(ulaw_decode(ulaw[i : i + 160]))
+
+
+def test_a_calls_transcoders_hold_little_memory() -> None:
+    # Every call has a pair; before issue 17 their numpy buffers took 630 KiB (277 KiB resident) a call.
+    pair = (InboundTranscoder(), OutboundTranscoder())
+    held = sum(
+        value.nbytes
+        for transcoder in pair
+        for value in vars(transcoder._resampler).values()
+        if isinstance(value, np.ndarray) and value.base is None
+    )
+    assert held <= 128 * 1024
+
+
 # --- streaming -----------------------------------------------------------------------------------------------
 
 
@@ -175,7 +295,7 @@ def test_output_count_follows_input_exactly_whatever_the_chunks(src: int, dst: i
 @pytest.mark.parametrize(("src", "dst"), RATIOS)
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_chunking_equals_one_shot(src: int, dst: int, seed: int) -> None:
-    speech = synth_speech("streaming equals one shot", src, seconds=2.5)  # long enough to recycle the buffer
+    speech = synth_speech("streaming equals one shot", src, seconds=2.5)
     one_shot = resample_all(src, dst, speech)
     rng = np.random.default_rng(seed)
     cuts = np.sort(rng.integers(0, len(speech), size=40))  # odd byte offsets and empty chunks included
