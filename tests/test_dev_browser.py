@@ -1,0 +1,106 @@
+"""The softphone in a real headless Chromium, its microphone a WAV (Chromium's fake capture device), talking
+to `phonebridge dev`'s server over the bridge's own /twilio/media path, with the LiveEmulator as the model.
+
+Skipped when chromium is not installed, except on CI (CI=true), where it must run: .ci/packages.txt lists it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from phonebridge.dev import DevServer
+from phonebridge.testing.speech import synth_speech
+from phonebridge.testing.wav import write_wav
+from tests.cdp import Chromium, find_chromium
+
+AGENT = '''
+from phonebridge import Agent
+
+agent = Agent(instructions="You answer order questions.", greeting="Greet the caller.")
+
+@agent.tool
+def lookup_order(order_id: str) -> dict:
+    """Look up an order by its id, e.g. A-1042."""
+    return {"order_id": order_id, "status": "out for delivery"}
+'''
+
+
+@pytest.fixture
+def chromium_path() -> str:
+    path = find_chromium()
+    if path is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is missing on CI: .ci/packages.txt should have installed it")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    return path
+
+
+def _caller_wav(path: Path) -> Path:
+    # Continuous speech-like audio, looped by Chromium: the test decides when the caller talks with Mute.
+    write_wav(path, synth_speech("hello there I would like to know where my order is please " * 3, 48000), 48000)
+    return path
+
+
+async def _wait(page, condition: str, timeout_ms: int = 15000) -> None:
+    ok = await page.evaluate(f"softphone.waitFor(() => {condition}, {timeout_ms})", timeout=timeout_ms / 1000 + 5)
+    if not ok:
+        state = await page.evaluate("JSON.stringify(softphone.state)")
+        log = await page.evaluate("document.getElementById('log').innerText")
+        raise AssertionError(f"page never reached {condition}\nstate: {state}\npanel:\n{log}\nerrors: {page.errors}")
+
+
+async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_path, chromium_path):
+    agent_file = tmp_path / "agent.py"
+    agent_file.write_text(AGENT)
+    # The emulator speaks a little faster than real time, as the real model does: audio builds up in the
+    # page's buffer, so a barge-in has something to clear.
+    server = DevServer(str(agent_file), port=0, record_dir=str(tmp_path / "calls"), emulator_speed=1.5,
+                       out=open(os.devnull, "w"))
+    await server.start()
+    try:
+        async with Chromium(_caller_wav(tmp_path / "caller.wav"), chromium_path) as browser:
+            page = await browser.open(server.url)
+            await _wait(page, "softphone.state.ready")
+            await page.evaluate("softphone.setMuted(true)")
+            await page.evaluate("document.getElementById('call').click()")
+            await _wait(page, "softphone.state.phase === 'in call' && softphone.state.playedSamples > 4000")
+            assert await page.evaluate("softphone.state.bufferedSamples") > 0  # the greeting is still coming
+
+            await page.evaluate("softphone.setMuted(false)")  # the caller talks over the greeting
+            await _wait(page, "softphone.state.clears.length >= 1")
+            clear = (await page.evaluate("softphone.state.clears"))[0]
+            assert clear["droppedSamples"] > 0  # there was buffered agent audio, and the clear emptied it
+            await _wait(page, "softphone.state.events.some(e => e.kind === 'barge_in')")
+
+            # Half a second more of speech (25 frames of 20 ms), then silence: the emulator calls the tool.
+            sent = await page.evaluate("softphone.state.framesSent")
+            await _wait(page, f"softphone.state.framesSent >= {sent + 25}")
+            await page.evaluate("softphone.setMuted(true)")
+            await _wait(page, "document.getElementById('log').innerText.includes('← lookup_order ok')")
+            panel = await page.evaluate("document.getElementById('log').innerText")
+            assert '→ lookup_order({"order_id":"A-1042"})' in panel
+            assert "barge-in" in panel and "first audio" in panel
+
+            await page.evaluate("softphone.press('5')")
+            emulator = server.emulator
+            conversation = emulator.conversations[0]
+            await emulator.wait_for(lambda: any("pressed 5" in t for c in conversation.connections for t in c.texts()))
+            assert conversation.audio_bytes_in > 16000 * 2  # over a second of the caller's speech reached the model
+            assert conversation.tool_responses[0].response == {"order_id": "A-1042", "status": "out for delivery"}
+            assert conversation.barge_ins >= 1
+
+            played = await page.evaluate("softphone.state.playedSamples")
+            assert played > 8000 * 0.5  # the page played the agent's audio
+            await page.screenshot(tmp_path / "softphone.png")
+
+            await page.evaluate("softphone.hangUp()")
+            await _wait(page, "softphone.state.events.some(e => e.kind === 'call_end')")
+            (end,) = [e for e in await page.evaluate("softphone.state.events") if e["kind"] == "call_end"]
+            assert end["stats"]["outcome"] == "caller_hung_up" and end["stats"]["dtmf"] == ["5"]
+            assert page.errors == []
+    finally:
+        await server.stop()
+    assert list((tmp_path / "calls").glob("CA*.jsonl"))  # the call was recorded like any other
