@@ -19,6 +19,7 @@ from aiohttp import web
 
 from phonebridge.agent import Agent, load_agent
 from phonebridge.app import RUNTIME
+from phonebridge.errors import ConfigError, PhonebridgeError
 from phonebridge.tools import all_tools
 
 
@@ -73,7 +74,12 @@ class AgentReloader:
         self.spec = spec
         target = spec.partition(":")[0]
         self.path: Path | None = Path(target) if target.endswith(".py") or Path(target).exists() else None
-        self.agent = load_agent(spec)
+        try:
+            self.agent = load_agent(spec)
+        except PhonebridgeError:
+            raise
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module may raise anything at import
+            raise ConfigError(f"cannot load the agent {spec}:\n{_describe(exc)}") from exc
         self.status = AgentStatus(spec, 1, time.time(), tool_names(self.agent), watching=self.path is not None)
         self._detector = ChangeDetector(signature_of(self.path) if self.path is not None else None)
 
@@ -84,12 +90,17 @@ class AgentReloader:
         try:
             agent = load_agent(self.spec)
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module may raise anything at import
-            self.status.error = "".join(traceback.format_exception(exc, limit=-8)).rstrip()
+            self.status.error = _describe(exc)
             self.status.loaded_at = time.time()
             return True
         self.agent = agent
         self.status = AgentStatus(self.spec, self.status.version + 1, time.time(), tool_names(agent))
         return True
+
+
+def _describe(exc: BaseException) -> str:
+    """The error as a traceback of its last frames: where in the user's file it broke."""
+    return "".join(traceback.format_exception(exc, limit=-8)).rstrip()
 
 
 def tool_names(agent: Agent) -> list[str]:
