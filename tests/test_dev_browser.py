@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from phonebridge.audio import ulaw_decode, ulaw_encode
 from phonebridge.dev import DevServer
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.wav import write_wav
@@ -94,7 +95,14 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
 
             played = await page.evaluate("softphone.state.playedSamples")
             assert played > 8000 * 0.5  # the page played the agent's audio
+            assert await page.evaluate("softphone.state.marksEchoed") > 0  # as the audio before each mark played
             await page.screenshot(tmp_path / "softphone.png")
+
+            agent_file.write_text("from phonebridge import Agent\nagent = Agent(instructions='x'\n")
+            os.utime(agent_file, ns=(2 * 10**9, 2 * 10**9))
+            assert server.reload_if_changed()  # a broken edit: its error shows on the page
+            await _wait(page, "!document.getElementById('agent-error').hidden")
+            assert "SyntaxError" in await page.evaluate("document.getElementById('agent-error').innerText")
 
             await page.evaluate("softphone.hangUp()")
             await _wait(page, "softphone.state.events.some(e => e.kind === 'call_end')")
@@ -104,3 +112,26 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
     finally:
         await server.stop()
     assert list((tmp_path / "calls").glob("CA*.jsonl"))  # the call was recorded like any other
+
+
+CODEC = """(() => {
+  const make = new Function("AudioWorkletProcessor", "registerProcessor", "sampleRate", "currentTime",
+                            SOURCE + "\\nreturn {ulawEncode, DECODE};");
+  const {ulawEncode, DECODE} = make(class {}, () => {}, 8000, 0);
+  const encoded = [];
+  for (let v = -32768; v < 32768; v++) encoded.push(ulawEncode(v / 32767));
+  return {encoded, decoded: Array.from(DECODE, (x) => Math.round(x * 32768))};
+})()"""
+
+
+async def test_the_pages_mu_law_is_bit_exact_with_the_bridges(chromium_path):
+    source = (Path(__file__).resolve().parent.parent / "phonebridge" / "softphone" / "worklets.js").read_text()
+    async with Chromium(None, chromium_path) as browser:
+        page = await browser.open("about:blank")
+        import json
+
+        result = await page.evaluate(CODEC.replace("SOURCE", json.dumps(source)))
+    every_sample = b"".join(v.to_bytes(2, "little", signed=True) for v in range(-32768, 32768))
+    assert bytes(result["encoded"]) == ulaw_encode(every_sample)
+    decoded = ulaw_decode(bytes(range(256)))
+    assert result["decoded"] == [int.from_bytes(decoded[i : i + 2], "little", signed=True) for i in range(0, 512, 2)]

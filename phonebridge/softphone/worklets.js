@@ -3,18 +3,21 @@
 // before it has played, clear empties the buffer and echoes every pending mark). No build step.
 
 const FRAME = 160; // 20 ms of 8 kHz mu-law: what Twilio sends per media message
-const BIAS = 0x84, CLIP = 32635;
+const BIAS = 0x84;
+const SEG_END = [0x3f, 0x7f, 0xff, 0x1ff, 0x3ff, 0x7ff, 0xfff, 0x1fff];
 
-function ulawEncode(sample) { // sample: float -1..1 -> one G.711 mu-law byte
-  let s = Math.max(-1, Math.min(1, sample)) * 32767 | 0;
-  const sign = s < 0 ? 0x80 : 0;
-  if (s < 0) s = -s;
-  if (s > CLIP) s = CLIP;
-  s += BIAS;
-  let exponent = 7;
-  for (let mask = 0x4000; (s & mask) === 0 && exponent > 0; mask >>= 1) exponent--;
-  const mantissa = (s >> (exponent + 3)) & 0x0f;
-  return ~(sign | (exponent << 4) | mantissa) & 0xff;
+// float -1..1 -> one G.711 mu-law byte, bit-exact with Python's audioop.lin2ulaw (and so with the bridge):
+// the sample is taken to 14 bits with an arithmetic shift, as audioop does, before the segment search.
+function ulawEncode(sample) {
+  let value = Math.round(Math.max(-1, Math.min(1, sample)) * 32767) >> 2;
+  let mask = 0xff;
+  if (value < 0) { value = -value; mask = 0x7f; }
+  if (value > 8159) value = 8159;
+  value += BIAS >> 2;
+  let segment = 0;
+  while (segment < 8 && value > SEG_END[segment]) segment++;
+  if (segment >= 8) return 0x7f ^ mask;
+  return ((segment << 4) | ((value >> (segment + 1)) & 0x0f)) ^ mask;
 }
 
 const DECODE = new Float32Array(256);
