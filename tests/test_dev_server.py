@@ -19,11 +19,12 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from phonebridge.agent import Agent
 from phonebridge.app import make_app
+from phonebridge.audio import ulaw_encode
 from phonebridge.config import Settings
 from phonebridge.dev import DevServer
+from phonebridge.errors import ConfigError
 from phonebridge.testing.playback import LegCore
 from phonebridge.testing.speech import synth_speech
-from phonebridge.audio import ulaw_encode
 
 AGENT = '''
 from phonebridge import Agent
@@ -206,7 +207,7 @@ async def test_serve_has_no_dev_routes_and_still_wants_twilios_signature_on_the_
         assert response.status == 403
 
 
-def test_the_dev_command_prints_its_url_serves_the_page_and_stops_on_sigint(tmp_path):
+def test_the_dev_command_prints_its_url_serves_the_page_reloads_and_stops_on_sigint(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GEMINI", "GOOGLE", "TWILIO", "PHONEBRIDGE"))}
     agent_file = tmp_path / "agent.py"
     _write_agent(agent_file, "v1", 1)
@@ -232,9 +233,50 @@ def test_the_dev_command_prints_its_url_serves_the_page_and_stops_on_sigint(tmp_
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url.split("?")[0], timeout=10)
         assert refused.value.code == 403
+        _write_agent(agent_file, "v2", 2)  # the watcher notices within its half-second poll
+        for line in proc.stdout:
+            if "reloaded" in line:
+                assert "(version 2)" in line and "which_version" in line
+                break
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=20) == 0, proc.stderr.read()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_a_script_file_drives_the_emulator_and_a_reconnect_reaches_the_page(tmp_path):
+    script = tmp_path / "script.yaml"
+    script.write_text("steps:\n  - wait_for_text: {}\n  - say: Hello from the script\n"
+                      "  - go_away: {time_left_s: 0.05}\n  - say: Still here after the reconnect\n")
+    agent_file = tmp_path / "agent.py"
+    _write_agent(agent_file, "v1", 1)
+    dev = DevServer(str(agent_file), port=0, script=str(script), emulator_speed=math.inf, poll_s=3600,
+                    record_dir=str(tmp_path / "calls"), out=open(os.devnull, "w"))
+    await dev.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            queue: asyncio.Queue = asyncio.Queue()
+            reader = asyncio.create_task(_events(session, dev, queue))
+            assert (await _next(queue, lambda e: e["kind"] == "agent"))["script"] == str(script)
+            leg = PageLeg(session, dev)
+            await leg.dial()
+            greeting = await _next(queue, lambda e: e["kind"] == "transcript")
+            assert greeting["text"] == "Hello from the script"
+            reconnect = await _next(queue, lambda e: e["kind"] == "reconnect")
+            assert reconnect["call_sid"] == leg.info["callSid"]
+            after = await _next(queue, lambda e: e["kind"] == "transcript")
+            assert after["text"] == "Still here after the reconnect"
+            await leg.hang_up()
+            reader.cancel()
+    finally:
+        await dev.stop()
+
+
+async def test_a_broken_script_file_refuses_to_start(tmp_path):
+    script = tmp_path / "script.yaml"
+    script.write_text("- sing: {}\n")
+    dev = DevServer("phonebridge.examples.pizzeria", port=0, script=str(script), out=open(os.devnull, "w"))
+    with pytest.raises(ConfigError, match="unknown step 'sing'"):
+        await dev.start()
