@@ -6,10 +6,13 @@ Skipped when chromium is not installed, except on CI (CI=true), where it must ru
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+
+import numpy as np
 
 from phonebridge.audio import ulaw_decode, ulaw_encode
 from phonebridge.dev import DevServer
@@ -114,24 +117,71 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
     assert list((tmp_path / "calls").glob("CA*.jsonl"))  # the call was recorded like any other
 
 
-CODEC = """(() => {
-  const make = new Function("AudioWorkletProcessor", "registerProcessor", "sampleRate", "currentTime",
-                            SOURCE + "\\nreturn {ulawEncode, DECODE};");
-  const {ulawEncode, DECODE} = make(class {}, () => {}, 8000, 0);
+
+WORKLETS = """(() => {
+  const classes = {};
+  class Base { constructor() { const posted = []; this.port = { posted, postMessage: (m) => posted.push(m) }; } }
+  const load = (rate) => {
+    new Function("AudioWorkletProcessor", "registerProcessor", "sampleRate", "currentTime", SOURCE)(
+      Base, (name, cls) => { classes[name] = cls; }, rate, 0);
+    return classes;
+  };
+  const codec = new Function("AudioWorkletProcessor", "registerProcessor", "sampleRate", "currentTime",
+                             SOURCE + "\\nreturn {ulawEncode, DECODE};")(Base, () => {}, 8000, 0);
   const encoded = [];
-  for (let v = -32768; v < 32768; v++) encoded.push(ulawEncode(v / 32767));
-  return {encoded, decoded: Array.from(DECODE, (x) => Math.round(x * 32768))};
+  for (let v = -32768; v < 32768; v++) encoded.push(codec.ulawEncode(v / 32767));
+  const decoded = Array.from(codec.DECODE, (x) => Math.round(x * 32768));
+
+  // The microphone at 48 kHz (a context that would not run at 8 kHz): 1 s of 440 Hz in 128-sample blocks.
+  const capture = new (load(48000)["phonebridge-capture"])();
+  for (let b = 0; b < 375; b++) {
+    const block = new Float32Array(128);
+    for (let i = 0; i < 128; i++) block[i] = 0.5 * Math.sin(2 * Math.PI * 440 * (b * 128 + i) / 48000);
+    capture.process([[block]]);
+  }
+  const frames = capture.port.posted.filter((m) => m.type === "frame").map((m) => Array.from(m.ulaw));
+
+  // The playback buffer at 8 kHz: a mark after 320 samples comes back once they have played.
+  const player = new (load(8000)["phonebridge-player"])();
+  const block = () => { const out = [[new Float32Array(128)]]; player.process([], out); return out[0][0]; };
+  const marks = () => player.port.posted.filter((m) => m.type === "mark").map((m) => m.name);
+  player.onMessage({ type: "mark", name: "idle" });            // nothing queued: echoed at once
+  const atOnce = marks();
+  player.onMessage({ type: "media", ulaw: new Uint8Array(320).fill(0x10) });
+  player.onMessage({ type: "mark", name: "after-320" });
+  const loud = block(); block();                                // 256 samples played
+  const before = marks();
+  block();                                                      // 384: the mark's audio has played
+  const after = marks();
+  player.onMessage({ type: "media", ulaw: new Uint8Array(800).fill(0x10) });
+  player.onMessage({ type: "mark", name: "pending" });
+  player.onMessage({ type: "clear" });
+  const cleared = player.port.posted.find((m) => m.type === "cleared");
+  const silent = block();
+  return { encoded, decoded, frames, atOnce, before, after, cleared,
+           loudPeak: Math.max(...loud.map(Math.abs)), silentPeak: Math.max(...silent.map(Math.abs)) };
 })()"""
 
 
-async def test_the_pages_mu_law_is_bit_exact_with_the_bridges(chromium_path):
+async def test_the_worklets_mu_law_resampler_and_playback_buffer(chromium_path):
     source = (Path(__file__).resolve().parent.parent / "phonebridge" / "softphone" / "worklets.js").read_text()
     async with Chromium(None, chromium_path) as browser:
         page = await browser.open("about:blank")
-        import json
-
-        result = await page.evaluate(CODEC.replace("SOURCE", json.dumps(source)))
+        result = await page.evaluate(WORKLETS.replace("SOURCE", json.dumps(source)))
+    # mu-law bit-exact with the bridge's (audioop), over every 16-bit sample and every byte
     every_sample = b"".join(v.to_bytes(2, "little", signed=True) for v in range(-32768, 32768))
     assert bytes(result["encoded"]) == ulaw_encode(every_sample)
     decoded = ulaw_decode(bytes(range(256)))
     assert result["decoded"] == [int.from_bytes(decoded[i : i + 2], "little", signed=True) for i in range(0, 512, 2)]
+    # 48 kHz in, 20 ms frames of 8 kHz mu-law out: the tone keeps its pitch and level
+    frames = result["frames"]
+    assert len(frames) == 50 and all(len(f) == 160 for f in frames)
+    pcm = np.frombuffer(ulaw_decode(bytes(b for f in frames[5:] for b in f)), dtype="<i2") / 32768
+    spectrum = np.abs(np.fft.rfft(pcm))
+    assert abs(np.argmax(spectrum) * 8000 / len(pcm) - 440) < 10
+    assert 0.3 < np.sqrt(np.mean(pcm**2)) < 0.4  # 0.5 / sqrt(2) = 0.354
+    # Twilio's buffer: marks wait for the audio before them; clear drops what is queued and echoes the rest
+    assert result["atOnce"] == ["idle"] and result["before"] == ["idle"]
+    assert result["after"] == ["idle", "after-320"]
+    assert result["cleared"]["dropped"] == 800 and result["cleared"]["marks"] == ["pending"]
+    assert result["loudPeak"] > 0.1 and result["silentPeak"] == 0

@@ -123,13 +123,13 @@ async function startCall() {
     const answer = await fetch("/dev/call?token=" + encodeURIComponent(token), { method: "POST" });
     const info = await answer.json();
     if (!answer.ok) throw new Error(info.error || answer.statusText);
-    const ctx = await audioContext();
     const mic = await navigator.mediaDevices.getUserMedia({ audio: { echoCancellation: true, noiseSuppression: true, channelCount: 1 } });
+    const [ctx, source] = await audioContext(mic);
     await ctx.audioWorklet.addModule("/softphone/worklets.js");
     const capture = new AudioWorkletNode(ctx, "phonebridge-capture", { numberOfOutputs: 0 });
     const player = new AudioWorkletNode(ctx, "phonebridge-player", { numberOfInputs: 0, outputChannelCount: [1] });
     player.connect(ctx.destination);
-    ctx.createMediaStreamSource(mic).connect(capture);
+    source.connect(capture);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
     const ws = new WebSocket(`${scheme}//${location.host}${info.mediaPath}`);
     call = { ws, ctx, mic, capture, player, seq: 0, chunk: 0, startedAt: performance.now(), sentStartAt: 0,
@@ -150,12 +150,20 @@ async function startCall() {
   }
 }
 
-async function audioContext() {
-  let ctx;
-  try { ctx = new AudioContext({ sampleRate: 8000, latencyHint: "interactive" }); } // the phone's own rate
-  catch (e) { ctx = new AudioContext({ latencyHint: "interactive" }); } // the worklets resample
+async function audioContext(mic) {
+  // The phone's own rate, so the browser resamples the microphone well; where a browser refuses (some
+  // cannot connect a microphone to a context of another rate), its own rate, and the worklets resample.
+  let ctx, source;
+  try {
+    ctx = new AudioContext({ sampleRate: 8000, latencyHint: "interactive" });
+    source = ctx.createMediaStreamSource(mic);
+  } catch (e) {
+    if (ctx) ctx.close();
+    ctx = new AudioContext({ latencyHint: "interactive" });
+    source = ctx.createMediaStreamSource(mic);
+  }
   if (ctx.state === "suspended") await ctx.resume();
-  return ctx;
+  return [ctx, source];
 }
 
 function onOpen(info) {
