@@ -15,7 +15,7 @@ import pytest
 import numpy as np
 
 from phonebridge.audio import ulaw_decode, ulaw_encode
-from phonebridge.dev import DevServer
+from phonebridge.dev_server import DevServer
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.wav import write_wav
 from tests.cdp import Chromium, find_chromium

@@ -21,7 +21,7 @@ from phonebridge.agent import Agent
 from phonebridge.app import make_app
 from phonebridge.audio import ulaw_encode
 from phonebridge.config import Settings
-from phonebridge.dev import DevServer
+from phonebridge.dev_server import DevServer
 from phonebridge.errors import ConfigError
 from phonebridge.testing.playback import LegCore
 from phonebridge.testing.speech import synth_speech
