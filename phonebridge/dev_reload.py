@@ -89,12 +89,13 @@ class AgentReloader:
             return False
         try:
             agent = load_agent(self.spec)
+            tools = tool_names(agent)  # a tool that cannot be declared (a clash with a built-in) fails here
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - the user's module may raise anything at import
             self.status.error = _describe(exc)
             self.status.loaded_at = time.time()
             return True
         self.agent = agent
-        self.status = AgentStatus(self.spec, self.status.version + 1, time.time(), tool_names(agent))
+        self.status = AgentStatus(self.spec, self.status.version + 1, time.time(), tools)
         return True
 
 

@@ -134,7 +134,10 @@ class DevServer:
         assert self.reloader is not None and self.app is not None
         while True:
             await asyncio.sleep(self._poll_s)
-            self.reload_if_changed()
+            try:
+                self.reload_if_changed()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad reload
+                log.exception("reloading %s failed; still watching it", self._spec)
 
     def reload_if_changed(self) -> bool:
         """Poll the agent file once; on a change install the new agent or report why it cannot load."""

@@ -187,6 +187,11 @@ async def test_a_reload_changes_new_calls_only_and_a_broken_edit_keeps_the_last_
         broken = await _next(queue, lambda e: e["kind"] == "agent")
         assert broken["version"] == 2 and "SyntaxError" in broken["error"]
         assert not dev.reload_if_changed()  # unchanged since: nothing to do
+        agent_file.write_text(AGENT.format(version="v3").replace("def which_version", "def end_call"))
+        os.utime(agent_file, ns=(4 * 10**9, 4 * 10**9))
+        assert dev.reload_if_changed()  # loads, but its tool clashes with a built-in: an error, not a crash
+        clash = await _next(queue, lambda e: e["kind"] == "agent")
+        assert clash["version"] == 2 and "clashes with a built-in" in clash["error"]
         third = PageLeg(session, dev)
         await third.dial()  # the server is still up, on v2
         await third.say()
