@@ -99,9 +99,17 @@ class AgentReloader:
         return True
 
 
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+
+
 def _describe(exc: BaseException) -> str:
-    """The error as a traceback of its last frames: where in the user's file it broke."""
-    return "".join(traceback.format_exception(exc, limit=-8)).rstrip()
+    """The error and its traceback without phonebridge's and importlib's own frames: where the user's file
+    broke is what matters (a SyntaxError then reads as just the line and the caret)."""
+    error = traceback.TracebackException.from_exception(exc)
+    error.stack = traceback.StackSummary.from_list(
+        [f for f in error.stack if not (f.filename.startswith("<frozen") or f.filename.startswith(_PACKAGE_DIR))]
+    )
+    return "".join(error.format()).rstrip()
 
 
 def tool_names(agent: Agent) -> list[str]:

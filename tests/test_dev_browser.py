@@ -106,6 +106,7 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
             assert server.reload_if_changed()  # a broken edit: its error shows on the page
             await _wait(page, "!document.getElementById('agent-error').hidden")
             assert "SyntaxError" in await page.evaluate("document.getElementById('agent-error').innerText")
+            await page.screenshot(tmp_path / "softphone-agent-error.png")
 
             await page.evaluate("softphone.hangUp()")
             await _wait(page, "softphone.state.events.some(e => e.kind === 'call_end')")

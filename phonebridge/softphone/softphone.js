@@ -82,13 +82,15 @@ function onEvent(ev) {
 }
 
 function showAgent(status) {
+  const previous = state.agent; // the event stream sends the status again each time it reconnects
+  const changed = !previous || previous.version !== status.version || previous.error !== status.error;
   state.agent = status;
   state.ready = true;
   $("agent").textContent = `${status.spec} · v${status.version} · tools: ${status.tools.join(", ") || "none"} · model: ${status.model}`;
   $("agent-error").textContent = status.error || "";
   $("agent-error").hidden = !status.error;
-  if (status.error) line("error", "agent failed to load; still running the last good version");
-  else if (status.version > 1) line("info", `agent reloaded (v${status.version}); the next call uses it`);
+  if (changed && status.error) line("error", "agent failed to load; still running the last good version");
+  else if (changed && previous) line("info", `agent reloaded (v${status.version}); the next call uses it`);
   setPhase(state.phase);
   notify();
 }
