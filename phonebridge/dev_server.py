@@ -38,7 +38,7 @@ class DevServer:
         out: TextIO = sys.stdout,
     ) -> None:
         self._spec, self._port, self._script_path, self.live = agent, port, script, live
-        self._record_dir, self._speed, self._poll_s, self._out = record_dir, emulator_speed, poll_s, out
+        self.record_dir, self._speed, self._poll_s, self._out = record_dir, emulator_speed, poll_s, out
         self.hub = EventHub()
         self.emulator: Any = None
         self.reloader: AgentReloader | None = None
@@ -70,7 +70,7 @@ class DevServer:
         local = f"http://{HOST}:{port}"
         # Twilio's signature still guards the voice webhook: /dev/call signs its synthetic webhook with this
         # process's own secret, so the bridge's webhook code runs exactly as for a real call.
-        settings = Settings.from_env(record_dir=self._record_dir).with_(
+        settings = Settings.from_env(record_dir=self.record_dir).with_(
             public_url=local, twilio_account_sid=DEV_ACCOUNT_SID, twilio_auth_token=_secret(),
             validate_signatures=True, twilio_api_url=None,
         )

@@ -285,3 +285,34 @@ async def test_a_broken_script_file_refuses_to_start(tmp_path):
     dev = DevServer("phonebridge.examples.pizzeria", port=0, script=str(script), out=open(os.devnull, "w"))
     with pytest.raises(ConfigError, match="unknown step 'sing'"):
         await dev.start()
+
+
+async def test_with_a_key_calls_go_to_the_model_the_sdks_environment_names(tmp_path, monkeypatch):
+    # "Real" Gemini here is a LiveEmulator reached only through the SDK's own environment, as a user's key
+    # and endpoint would be: the dev server starts no emulator of its own.
+    from phonebridge.testing.live_emulator import LiveEmulator
+    from phonebridge.testing.live_script import Say, Script, WaitForText
+
+    async with LiveEmulator(Script([WaitForText(), Say("Hello from the far end")]), speed=math.inf) as far:
+        for name, value in far.client_env().items():
+            monkeypatch.setenv(name, value)
+        agent_file = tmp_path / "agent.py"
+        _write_agent(agent_file, "v1", 1)
+        dev = DevServer(str(agent_file), port=0, live=True, poll_s=3600, record_dir=str(tmp_path / "calls"),
+                        out=open(os.devnull, "w"))
+        await dev.start()
+        try:
+            assert dev.emulator is None and dev.hub.status["model"].startswith("Gemini Live")
+            async with aiohttp.ClientSession() as session:
+                queue: asyncio.Queue = asyncio.Queue()
+                reader = asyncio.create_task(_events(session, dev, queue))
+                await _next(queue, lambda e: e["kind"] == "agent")
+                leg = PageLeg(session, dev)
+                await leg.dial()
+                said = await _next(queue, lambda e: e["kind"] == "transcript")
+                assert said["text"] == "Hello from the far end" and said["call_sid"] == leg.info["callSid"]
+                assert far.conversations[0].connections[0].texts() == ["Greet the caller."]
+                await leg.hang_up()
+                reader.cancel()
+        finally:
+            await dev.stop()
