@@ -107,7 +107,7 @@ class DevServer:
         if self._script_path is not None:
             try:
                 return Script.from_file(self._script_path)
-            except ConfigError as exc:
+            except (ConfigError, OSError) as exc:  # edited into a broken state, or moved away, mid-session
                 self._say(f"cannot read --script {self._script_path}: {exc}; this call uses the derived script")
                 self.hub.publish({"kind": "dev_error", "call_sid": "", "error": str(exc)})
         greets = self.reloader is None or self.reloader.agent.greeting is not None
