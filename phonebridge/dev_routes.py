@@ -71,7 +71,8 @@ def jsonable(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     if kind == "call_end" and dataclasses.is_dataclass(data.get("stats")):
         stats = data["stats"]
         return {"stats": {name: getattr(stats, name, None) for name in _STATS_FIELDS}}
-    return json.loads(json.dumps(data, default=str))
+    safe: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return safe
 
 
 class EventHub:
