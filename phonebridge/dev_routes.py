@@ -43,7 +43,7 @@ DEV_FROM, DEV_TO = "+15005550100", "+15005550199"
 SUBSCRIBER_QUEUE = 1000  # events a slow page may lag behind before it is dropped (it reconnects)
 KEEPALIVE_S = 15.0
 _STATS_FIELDS = ("call_sid", "outcome", "turns", "barge_ins", "tool_calls", "first_audio_s", "dtmf", "frames_in",
-                 "frames_out", "malformed", "lost_frames", "hold_plays")
+                 "frames_out", "malformed", "ignored", "lost_frames", "hold_plays")
 
 
 @dataclass

@@ -112,6 +112,9 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
             await _wait(page, "softphone.state.events.some(e => e.kind === 'call_end')")
             (end,) = [e for e in await page.evaluate("softphone.state.events") if e["kind"] == "call_end"]
             assert end["stats"]["outcome"] == "caller_hung_up" and end["stats"]["dtmf"] == ["5"]
+            # Every frame the page sent parsed as Twilio's, in one unbroken sequence (media, marks, dtmf, stop).
+            assert (end["stats"]["malformed"], end["stats"]["ignored"], end["stats"]["lost_frames"]) == (0, 0, 0)
+            assert end["stats"]["frames_in"] >= await page.evaluate("softphone.state.framesSent") - 5
             assert page.errors == []
     finally:
         await server.stop()
