@@ -105,9 +105,12 @@ def make_app(
     genai_client: genai.Client | Callable[[], genai.Client] | None = None,
     rest: Any | None = None,
     observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
+    upgrade_authoriser: Callable[[web.Request], bool] | None = None,
 ) -> web.Application:
     """The bridge as an aiohttp application. `genai_client` defaults to `genai.Client()` (the SDK's own
-    environment: key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE); `rest` to TwilioRest from the settings."""
+    environment: key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE); `rest` to TwilioRest from the settings.
+    `upgrade_authoriser`, when given, decides the media WebSocket upgrade *instead of* Twilio's signature:
+    `phonebridge dev` passes its page token check; `serve` never passes one."""
     settings.check()
     # Design the resampler filters now (cached per rate pair), not on the event loop during the first call.
     InboundTranscoder(), OutboundTranscoder()
@@ -136,7 +139,7 @@ def make_app(
         if settings.validate_signatures and settings.public_url and settings.twilio_auth_token
         else None
     )
-    handlers = _Handlers(runtime, checker)
+    handlers = _Handlers(runtime, checker, upgrade_authoriser)
     app.router.add_post(VOICE_PATH, handlers.voice)
     app.router.add_get(MEDIA_PATH, handlers.media)
     app.router.add_post(STATUS_PATH, handlers.status)
@@ -217,8 +220,12 @@ def _default_rest(settings: Settings) -> Any | None:
 
 
 class _Handlers:
-    def __init__(self, runtime: Runtime, checker: SignatureChecker | None) -> None:
+    def __init__(
+        self, runtime: Runtime, checker: SignatureChecker | None,
+        upgrade_authoriser: Callable[[web.Request], bool] | None = None,
+    ) -> None:
         self._rt, self._checker = runtime, checker
+        self._upgrade_authoriser = upgrade_authoriser
 
     def _stream_url(self, request: web.Request) -> str:
         if self._checker is not None:
@@ -300,6 +307,11 @@ class _Handlers:
         return ok
 
     def _signed_upgrade(self, request: web.Request) -> bool:
+        if self._upgrade_authoriser is not None:
+            authorised = self._upgrade_authoriser(request)
+            if not authorised:
+                log.warning("rejected media WebSocket upgrade: not authorised (phonebridge dev's page token)")
+            return authorised
         if not self._rt.settings.validate_signatures:
             return True
         assert self._checker is not None

@@ -1,4 +1,4 @@
-"""Subcommands beyond `serve`: demo, replay, call, twilio configure (registered on the CLI's parser)."""
+"""Subcommands beyond `serve`: demo, replay, call, twilio configure, dev (registered on the CLI's parser)."""
 
 from __future__ import annotations
 
@@ -12,3 +12,4 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     demo.add_parser(sub)
     from phonebridge import replay; replay.add_parser(sub)  # noqa: E702
     twilio_cli.add_parsers(sub)
+    from phonebridge import dev; dev.add_parser(sub)  # noqa: E702
