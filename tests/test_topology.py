@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,7 +38,7 @@ def test_the_rendered_config_changes_only_addresses_and_paths() -> None:
     assert re.findall(r"^\s*server (\S+) (.*);$", site, flags=re.MULTILINE) == [
         ("127.0.0.1:1001", "max_fails=1 fail_timeout=10s"), ("127.0.0.1:1002", "max_fails=1 fail_timeout=10s"),
     ]
-    strip = re.compile(r"^\s*(server |listen|server_name|ssl_certificate|access_log).*$", re.MULTILINE)
+    strip = re.compile(r"^\s*(server |listen|server_name|ssl_certificate|access_log).*\n", re.MULTILINE)
     assert strip.sub("", site) == strip.sub("", SHIPPED)  # every proxy setting is the shipped one
 
 
@@ -66,6 +67,17 @@ def test_fallback_is_detected_only_after_connect() -> None:
 
 needs_nginx = pytest.mark.skipif(not os.access(topology_procs.NGINX, os.X_OK),
                                  reason=f"{topology_procs.NGINX} missing: install Debian's nginx (.ci/packages.txt)")
+
+
+@needs_nginx
+def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
+    tls = topology_procs.ProxyTLS.make(tmp_path)
+    topology_procs.write_site(tmp_path, topology_procs.free_port(), tls, ["127.0.0.1:1001", "127.0.0.1:1002"])
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(topology_procs.main_conf(tmp_path, tmp_path / "phonebridge.conf"))
+    check = subprocess.run([topology_procs.NGINX, "-t", "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "syntax is ok" in check.stderr, check.stderr
 
 
 @pytest.mark.slow
