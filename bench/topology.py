@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import tempfile
@@ -39,6 +40,7 @@ from topology_calls import Load, call_script, has_fallback_after_connect  # noqa
 from topology_procs import AUTH_TOKEN, Instance, Nginx, start_instance, start_nginx  # noqa: E402
 
 PROBE_PERIOD_S = 0.2  # the controller's readiness probe period (Kubernetes' readinessProbe periodSeconds)
+LAG_BOUND_S = 0.25  # a bucket bound of phonebridge_event_loop_lag_seconds: an instance stalled this long
 READY_PATH = "/readyz"  # what the controller probes; tests/test_deploy.py checks the manifests probe it too
 
 
@@ -86,6 +88,16 @@ class Topology:
         for row in self.nginx.requests()[since:]:
             table.setdefault(row["path"], Counter())[names.get(row["upstream"], row["upstream"])] += 1
         return table
+
+    def crossed(self, since: int = 0) -> dict[str, int]:
+        """Calls whose stream landed on another instance than their webhook. A caller's webhook and upgrade
+        share one client connection to nginx (keep-alive), so nginx's connection number pairs them."""
+        assert self.nginx is not None
+        by_conn: dict[str, dict[str, str]] = {}
+        for row in self.nginx.requests()[since:]:
+            by_conn.setdefault(row["conn"], {})[row["path"]] = row["upstream"]
+        pairs = [c for c in by_conn.values() if "/twilio/voice" in c and "/twilio/media" in c]
+        return {"paired": len(pairs), "crossed": sum(c["/twilio/voice"] != c["/twilio/media"] for c in pairs)}
 
     async def close(self) -> None:
         for instance in self.instances.values():
@@ -143,12 +155,16 @@ async def rolling_restart(topo: Topology, plan: Plan) -> dict[str, Any]:
     load.stop_trickle()
     await trickle
     await load.finish()
+    lag = {name: await topo.instances[name].loop_lag_over(LAG_BOUND_S) for name in ("B", "C")}
     late_on_a = [r for r in topo.nginx.requests() if r["upstream"] == a.address and float(r["t"]) > removed_at
                  and r["path"] == "/twilio/voice"]
     return {**load.counts(), "active_at_sigterm": before, **{k: round(v, 2) if isinstance(v, float) else v
             for k, v in events.items()}, "webhooks_on_A_after_removal": len(late_on_a),
             "served_by": {path: dict(c) for path, c in topo.served_by().items()},
-            "A_drain_log": [line for line in a.lines if "drain" in line], "longest_gaps": load.worst()}
+            "webhook_and_stream_pairs": topo.crossed(),
+            f"instance_loop_lag_samples_over_{LAG_BOUND_S}s": lag,
+            "A_drain_log": [line for line in a.lines if "drain" in line], "longest_gaps": load.worst(),
+            "details": load.details()}
 
 
 async def kill_nine(topo: Topology, plan: Plan, victim: str, survivor: str) -> dict[str, Any]:
@@ -174,7 +190,7 @@ async def kill_nine(topo: Topology, plan: Plan, victim: str, survivor: str) -> d
                                                  and float(r["t"]) > killed_at for r in topo.nginx.requests()),
             "retried_on_survivor": sum("," in r["tried"] for r in topo.nginx.requests()[logged:]),
             "served_by": {path: dict(c) for path, c in topo.served_by(since=logged).items()},
-            "details": sorted({r.detail for r in load.records if r.detail}), "longest_gaps": load.worst()}
+            "details": load.details(), "longest_gaps": load.worst()}
 
 
 async def wait_ready(instance: Instance, status: int, timeout: float = 60.0) -> float:
@@ -192,7 +208,8 @@ async def wait_until(instance: Instance, path: str, done: Any, timeout: float = 
 
 async def run(plan: Plan, workdir: Path) -> dict[str, Any]:
     """One topology: A and B behind nginx; signatures; A replaced by C in a rolling restart; then B killed."""
-    report: dict[str, Any] = {"plan": plan.__dict__}
+    # The machine's load average: on a shared box the gaps are partly other jobs' (the outcomes are not).
+    report: dict[str, Any] = {"plan": plan.__dict__, "loadavg_before": [round(x, 1) for x in os.getloadavg()]}
     began = time.monotonic()
     lag = asyncio.create_task(_loop_lag(report))
     async with LiveEmulator(lambda setup: call_script(plan.turns), speed=1.0) as emulator:
@@ -206,6 +223,7 @@ async def run(plan: Plan, workdir: Path) -> dict[str, Any]:
         finally:
             await topo.close()
     lag.cancel()
+    report["loadavg_after"] = [round(x, 1) for x in os.getloadavg()]
     report["total_s"] = round(time.monotonic() - began, 2)
     return report
 
@@ -223,10 +241,13 @@ async def _loop_lag(report: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/topology", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--calls", type=int, default=20, help="calls up when an instance is stopped")
-    parser.add_argument("--turns", type=int, default=4, help="caller utterances per call")
-    parser.add_argument("--trickle", type=float, default=0.25, help="seconds between new calls during the restart")
-    parser.add_argument("--after", type=int, default=10, help="calls after the replacement joined / after the kill")
+    # Defaults sized for a 2-core box: callers and the LiveEmulator share one driver process, and past ~10
+    # concurrent real-time calls its own loop lag (the emulator wakes every waiting step on every message)
+    # is what the callers would hear (see deploy/README.md).
+    parser.add_argument("--calls", type=int, default=8, help="calls up when an instance is stopped")
+    parser.add_argument("--turns", type=int, default=2, help="caller utterances per call")
+    parser.add_argument("--trickle", type=float, default=0.5, help="seconds between new calls during the restart")
+    parser.add_argument("--after", type=int, default=4, help="calls after the replacement joined / after the kill")
     parser.add_argument("--json", type=Path, default=None, help="also write the report here")
     parser.add_argument("--keep", type=Path, default=None, help="work here and keep the logs (default: a temp dir)")
     args = parser.parse_args(argv)

@@ -167,6 +167,15 @@ class Load:
         return {"started": len(outcomes), **{o: outcomes.count(o) for o in ("completed", "dropped", "refused", "error")},
                 "longest_gap_s": round(max(gaps, default=math.nan), 3)}
 
+    def details(self) -> dict[str, int]:
+        """How many calls ended with each distinct detail (why they dropped, were refused or failed)."""
+        found: dict[str, int] = {}
+        for record in self.records:
+            if record.detail:
+                key = record.detail[:160]
+                found[key] = found.get(key, 0) + 1
+        return found
+
     def worst(self, n: int = 3) -> list[str]:
         """The calls with the longest gaps, for the report."""
         ranked = sorted(self.records, key=lambda r: r.longest_gap_s, reverse=True)[:n]

@@ -104,6 +104,18 @@ class Instance(LoggedProcess):
         async with aiohttp.ClientSession() as session, session.get(self.url + path) as response:
             return response.status, await response.json()
 
+    async def loop_lag_over(self, threshold_s: float) -> int:
+        """How many of the instance's 10 Hz loop-lag samples exceeded `threshold_s` (a bucket bound)."""
+        async with aiohttp.ClientSession() as session, session.get(self.url + "/metrics") as response:
+            text = await response.text()
+        total = over = 0.0
+        for line in text.splitlines():
+            if line.startswith("phonebridge_event_loop_lag_seconds_count"):
+                total = float(line.split()[-1])
+            elif line.startswith(f'phonebridge_event_loop_lag_seconds_bucket{{le="{threshold_s}"}}'):
+                over = float(line.split()[-1])
+        return int(total - over)
+
     async def active_calls(self) -> int:
         return int((await self.get("/healthz"))[1]["active_calls"])
 
@@ -225,14 +237,14 @@ class Nginx(LoggedProcess):
     def requests(self) -> list[dict[str, str]]:
         """The access log: request, status, the instance that answered last (after retries), time, all tried."""
         rows = []
-        pattern = re.compile(r'"(\S+) (\S+) [^"]*" (\d+) .*upstream=(.*) ustatus=(.*) msec=([\d.]+)$')
+        pattern = re.compile(r'"(\S+) (\S+) [^"]*" (\d+) .*upstream=(.*) ustatus=(.*) msec=([\d.]+) conn=(\d+)$')
         for line in self.access_log.read_text().splitlines() if self.access_log.exists() else []:
             match = pattern.search(line)
             if match:
-                method, uri, status, upstream, ustatus, msec = match.groups()
+                method, uri, status, upstream, ustatus, msec, conn = match.groups()
                 tried = [u.strip() for u in re.split(r"[,:] (?=\d)", upstream) if u.strip()]
                 rows.append({"method": method, "path": uri.split("?")[0], "status": status, "upstream": tried[-1],
-                             "tried": ",".join(tried), "ustatus": ustatus, "t": msec})
+                             "tried": ",".join(tried), "ustatus": ustatus, "t": msec, "conn": conn})
         return rows
 
 

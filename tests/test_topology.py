@@ -84,7 +84,7 @@ def test_nginx_accepts_the_rendered_config(tmp_path: Path) -> None:
 @needs_nginx
 @pytest.mark.timeout(240)
 async def test_rolling_restart_and_kill_9_behind_nginx(tmp_path: Path) -> None:
-    plan = topology.Plan(wave=3, trickle_s=1.0, after_replacement=3, turns=1, drain_timeout_s=60.0)
+    plan = topology.Plan(wave=4, trickle_s=1.0, after_replacement=3, turns=1, drain_timeout_s=60.0)
     report = await topology.run(plan, tmp_path)
     print(report)  # the figures, in the test's output (-s) or on failure
 
