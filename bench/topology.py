@@ -222,6 +222,9 @@ async def run(plan: Plan, workdir: Path) -> dict[str, Any]:
             report["kill_9"] = await kill_nine(topo, plan, victim="B", survivor="C")
         finally:
             await topo.close()
+            # What the model side saw go wrong (a WaitForCaller that timed out: the caller's turn never heard).
+            failures = Counter(f.split(": ", 1)[-1][:120] for f in emulator.failures)
+            report["emulator_failures"] = dict(failures)
     lag.cancel()
     report["loadavg_after"] = [round(x, 1) for x in os.getloadavg()]
     report["total_s"] = round(time.monotonic() - began, 2)
