@@ -104,6 +104,7 @@ async def place_call(nginx: Nginx, record: CallRecord, turns: int, timeout: floa
     except TimeoutError as exc:
         return _end(record, "error", str(exc))
     finally:
+        # The leg core's exact (start, bytes) records; heard_timeline() would blur them into rendered PCM.
         record.longest_gap_s, record.gap_at_s = longest_gap(caller._core.heard, caller._core.sent)
         record.greeted.set()
         await caller.hangup()
