@@ -194,3 +194,61 @@ def test_healthcheck_command_is_python_that_compiles() -> None:
     command = json.loads(healthcheck.split("CMD", 1)[1])
     assert command[:2] == ["python", "-c"]
     compile(command[2], "<healthcheck>", "exec")
+
+
+# -- nginx, and what the topology run needed (bench/topology, tests/test_topology.py) ------------------------
+
+NGINX_CONF = DEPLOY / "nginx" / "phonebridge.conf"
+
+
+def nginx_block(text: str, opener: str) -> list[tuple[str, str]]:
+    """The (directive, arguments) lines of the block opened by `opener` (no nested blocks inside it)."""
+    text = re.sub(r"#.*", "", text)
+    body = text.split(opener + " {", 1)[1].split("}", 1)[0]
+    return [(m.group(1), m.group(2).strip()) for m in re.finditer(r"^\s*(\w+)\s*([^;]*);", body, flags=re.MULTILINE)]
+
+
+def seconds(value: str) -> int:
+    match = re.fullmatch(r"(\d+)(s|m|h)?", value)
+    assert match, value
+    return int(match.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def test_nginx_example_proxies_websockets_for_as_long_as_cloud_run_lets_a_call_last() -> None:
+    location = nginx_block(NGINX_CONF.read_text(), "location /twilio/")
+    directives = dict(location)
+    headers = dict(v.split(None, 1) for k, v in location if k == "proxy_set_header")
+    # No URI after the upstream: the request URI (and so the signed query string) is passed unchanged.
+    assert directives["proxy_pass"] == "http://phonebridge"
+    assert directives["proxy_http_version"] == "1.1"
+    assert headers["Upgrade"] == "$http_upgrade" and headers["Connection"] == "$connection_upgrade"
+    assert headers["X-Forwarded-Proto"] == "$scheme" and headers["Host"] == "$host"
+    cloud_run = load(DEPLOY / "cloudrun" / "service.yaml")["spec"]["template"]["spec"]["timeoutSeconds"]
+    for timeout in ("proxy_read_timeout", "proxy_send_timeout"):
+        assert seconds(directives[timeout]) == cloud_run == 3600
+    assert "error" in directives["proxy_next_upstream"].split()  # a crashed instance's requests move on
+
+
+def test_nginx_upstream_balances_open_connections_and_marks_crashed_instances_down() -> None:
+    upstream = nginx_block(NGINX_CONF.read_text(), "upstream phonebridge")
+    assert ("least_conn", "") in upstream
+    servers = [v for k, v in upstream if k == "server"]
+    assert len(servers) >= 2 and all("max_fails=1" in s for s in servers)
+
+
+def test_the_drain_covers_the_longest_call_the_proxy_allows_and_the_probes_are_what_the_topology_used() -> None:
+    import sys
+
+    sys.path.insert(0, str(DEPLOY.parent / "bench"))
+    import topology  # the readiness path its controller probed
+
+    deployment = k8s("deployment.yaml")
+    c = container(deployment)
+    stream_timeout = seconds(dict(nginx_block(NGINX_CONF.read_text(), "location /twilio/"))["proxy_read_timeout"])
+    drain = Settings.from_env(env(c)).drain_timeout_s
+    assert drain >= stream_timeout  # a call the proxy keeps up finishes within the drain
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= drain + int(c["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert c["readinessProbe"]["httpGet"]["path"] == topology.READY_PATH
+    # Each probe period a draining pod stays routable is a window of politely refused calls.
+    assert c["readinessProbe"]["periodSeconds"] * c["readinessProbe"]["failureThreshold"] <= 10

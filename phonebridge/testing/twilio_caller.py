@@ -23,6 +23,7 @@ import functools
 import json
 import math
 import secrets
+import ssl
 import time
 import uuid
 from collections.abc import Callable
@@ -75,6 +76,7 @@ class TwilioCaller:
         sign: bool = True,
         clock: Callable[[], float] | None = None,
         continuous: bool | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError("speed must be positive (math.inf: as fast as possible)")
@@ -87,6 +89,7 @@ class TwilioCaller:
         self.speed, self.sign, self.continuous = speed, sign, paced if continuous is None else continuous
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self._validator, self._extra_form, self._clock = RequestValidator(auth_token), dict(extra_form or {}), clock
+        self._ssl = ssl_context  # trust for an https/wss server_url (a TLS proxy with a test CA); None: the default
         self.twiml = ""  # what the webhook answered
         self.stream_url = ""
         self.parameters: dict[str, str] = {}
@@ -128,7 +131,8 @@ class TwilioCaller:
         """Webhook, TwiML, signed WebSocket upgrade, then ``connected`` and ``start``."""
         if self._session is not None:
             raise RuntimeError("this caller has already dialled")
-        self._session = aiohttp.ClientSession()
+        connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl is not None else None
+        self._session = aiohttp.ClientSession(connector=connector)
         try:
             await self._post_webhook()
             await self._open_stream()
