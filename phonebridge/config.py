@@ -37,6 +37,10 @@ class Settings:
     model_connect_timeout_s: float = 10.0
     reconnect_attempts: int = 5
     heap_trim_s: float = 60.0  # look this often whether glibc's free heap pages should go back; 0: never
+    stream_secret: str | None = None  # keys the per-call stream tokens; default: the auth token
+    webhook_shared_keys: str | None = None  # Webhook Rules SharedKeys, "id=secret[,id=secret]"
+    start_timeout_s: float = 10.0  # a signed media socket must send `start` within this
+    media_timeout_s: float = 15.0  # a started stream silent this long ends the call
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -53,6 +57,9 @@ class Settings:
             "fallback_dial": env.get("PHONEBRIDGE_FALLBACK_DIAL") or None,
             "heap_trim_s": float(env.get("PHONEBRIDGE_HEAP_TRIM_S", "60")),
             "log_caller_numbers": _bool(env.get("PHONEBRIDGE_LOG_CALLER_NUMBERS", "false"), "PHONEBRIDGE_LOG_CALLER_NUMBERS"),
+            "stream_secret": env.get("PHONEBRIDGE_STREAM_SECRET") or None,
+            "webhook_shared_keys": env.get("PHONEBRIDGE_WEBHOOK_SHARED_KEYS") or None,
+            "media_timeout_s": float(env.get("PHONEBRIDGE_MEDIA_TIMEOUT_S", "15")),
         }
         if "PHONEBRIDGE_FALLBACK_SAY" in env:
             values["fallback_say"] = env["PHONEBRIDGE_FALLBACK_SAY"] or None
