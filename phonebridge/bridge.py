@@ -162,6 +162,7 @@ class CallSession:
         if why is None:
             self._on_start(event)
             self._watch.on_start(self._loop.time())
+            self._arm_watch()  # from the start deadline to the media one
             return
         self.stats.outcome = "stream_refused"
         self._guarded(why, "refused the media stream of call %s (account %s): %s; closing with 1008",
@@ -170,6 +171,8 @@ class CallSession:
         await self._close_socket(1008, b"stream not issued for this call")
 
     def _arm_watch(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         self._watch_timer = self._loop.call_at(self._watch.deadline(), self._on_watch)
 
     def _on_watch(self) -> None:
@@ -180,12 +183,12 @@ class CallSession:
             self._arm_watch()
         elif why == "no_start":
             self.stats.outcome = why
-            self._guarded(why, "no start within %.0f s of the upgrade: closing the socket", self._guard.start_timeout_s)
+            self._guarded(why, "no start within %g s of the upgrade: closing the socket", self._guard.start_timeout_s)
             self._ended.set()
             self._spawn(self._close_socket(1008, b"no start"))
         else:
             self.stats.outcome = why
-            self._guarded(why, "no frame from Twilio for %.0f s: ending the call", self._guard.media_timeout_s)
+            self._guarded(why, "no frame from Twilio for %g s: ending the call", self._guard.media_timeout_s)
             self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
 
     def _guarded(self, reason: str, message: str, *args: Any) -> None:
