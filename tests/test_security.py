@@ -427,3 +427,31 @@ async def test_a_webhook_signed_under_webhook_rules_with_a_configured_shared_key
         ws = await session.ws_connect(h.server_url + "/twilio/media", headers={**rules, "X-Twilio-Signature": upgrade})
         await ws.close()
         await h.wait_idle()
+
+
+async def test_an_outbound_call_s_webhook_issues_its_token_and_carries_its_parameters() -> None:
+    """`phonebridge call` gives Twilio the voice webhook's URL (the CallSid, which the token covers, exists only
+    once the call is created); when Twilio fetches it, the TwiML carries --param values and the token."""
+    from phonebridge.twilio_cli import outbound_url
+
+    url = outbound_url(Settings(public_url=PUBLIC_URL), {"purpose": "reminder"})
+    assert url == PUBLIC_URL + "/twilio/voice?direction=outbound&purpose=reminder"
+    seen: list[dict[str, str]] = []
+    agent = make_agent()
+
+    @agent.tool
+    def whoami(call: CallContext) -> str:
+        """Who is calling."""
+        seen.append({**call.parameters, "direction": call.direction})
+        return "ok"
+
+    script = Script([WaitForText(), CallTools((ToolCallSpec("whoami", {}),)), Say("Hi.", seconds=0.2)])
+    async with BridgeHarness(agent, script) as h:
+        caller = h.caller(voice_path=url[len(PUBLIC_URL):], continuous=False)
+        async with caller:
+            await caller.wait_heard(0.1)
+        await h.wait_idle()
+    assert "</Connect><Say>" in caller.twiml  # the server's own fallback follows the stream
+    assert seen == [{"purpose": "reminder", "CallSid": caller.call_sid, "From": caller.from_number,
+                     "To": caller.to_number, "Direction": "outbound", "direction": "outbound"}]
+    assert guarded(h) == {}
