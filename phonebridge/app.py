@@ -28,7 +28,12 @@ from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
 from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
-from phonebridge.signatures import STREAM_TOKEN_PARAMETER, SignatureChecker, StreamTokens, parse_shared_keys
+from phonebridge.signatures import (
+    STREAM_TOKEN_PARAMETER,
+    SignatureChecker,
+    StreamTokens,
+    parse_shared_keys,
+)
 from phonebridge.stream_guard import SparseLog, StreamGuard
 from phonebridge.tools import all_tools
 

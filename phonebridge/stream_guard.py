@@ -52,7 +52,7 @@ def agent_parameters(start: twilio.Start) -> dict[str, str]:
 class IdleWatch:
     """When a stream has been quiet too long: ``expired(now)`` gives "no_start" or "media_timeout"."""
 
-    __slots__ = ("last", "started", "_media_s", "_start_s")
+    __slots__ = ("_media_s", "_start_s", "last", "started")
 
     def __init__(self, start_timeout_s: float, media_timeout_s: float, now: float) -> None:
         self._start_s, self._media_s = start_timeout_s, media_timeout_s
@@ -79,7 +79,7 @@ class SparseLog:
     """Whether to log the n-th occurrence of a repeated refusal: the first ``first`` ones, then at most once
     per ``every_s`` seconds (the line carries the count, so nothing is lost but the repetition)."""
 
-    __slots__ = ("count", "_every_s", "_first", "_last_logged")
+    __slots__ = ("_every_s", "_first", "_last_logged", "count")
 
     def __init__(self, first: int = 5, every_s: float = 60.0) -> None:
         self._first, self._every_s = first, every_s

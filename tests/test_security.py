@@ -20,6 +20,7 @@ from twilio.request_validator import RequestValidator
 from phonebridge.agent import Agent
 from phonebridge.app import METRICS, make_app
 from phonebridge.config import DEFAULT_BUSY_SAY, Settings
+from phonebridge.context import CallContext
 from phonebridge.errors import ConfigError
 from phonebridge.logs import setup_logging
 from phonebridge.testing.harness import (
@@ -28,8 +29,14 @@ from phonebridge.testing.harness import (
     PUBLIC_URL,
     BridgeHarness,
 )
-from phonebridge.context import CallContext
-from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForCaller, WaitForText
+from phonebridge.testing.live_script import (
+    CallTools,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForCaller,
+    WaitForText,
+)
 from phonebridge.testing.twilio_caller import CallRejected
 
 FORM = {"AccountSid": ACCOUNT_SID, "CallSid": "CA" + "1" * 32, "From": "+15551230001", "To": "+15557654321",
@@ -325,7 +332,7 @@ async def test_a_legitimate_call_s_agent_never_sees_the_stream_token() -> None:
 
     starts: list[dict[str, Any]] = []
     script = Script([WaitForText(), CallTools((ToolCallSpec("whoami", {}),)), Say("Hi.", seconds=0.2)])
-    observer = lambda kind, data: starts.append(data) if kind == "call_start" else None  # noqa: E731
+    observer = lambda kind, data: starts.append(data) if kind == "call_start" else None
     async with BridgeHarness(agent, script, observers=[observer]) as h:
         async with h.caller(continuous=False) as caller:
             await caller.wait_heard(0.1)
