@@ -312,16 +312,19 @@ class _Handlers:
         Unsigned requests are refused before their body is read; a body that cannot be decoded is refused too."""
         validate, signature = self._rt.settings.validate_signatures, request.headers.get("X-Twilio-Signature")
         if validate and not signature:
-            return self._refuse(request, "missing X-Twilio-Signature")
+            self._refuse(request, "missing X-Twilio-Signature")
+            return None
         try:
             form = {k: str(v) for k, v in (await request.post()).items()}
         except (ValueError, LookupError, HttpProcessingError) as exc:  # bad bytes, unknown charset, bad multipart
-            return self._refuse(request, f"unreadable body ({type(exc).__name__})")
+            self._refuse(request, f"unreadable body ({type(exc).__name__})")
+            return None
         if validate:
             assert self._checker is not None
             if not self._checker.check_webhook(request.path, request.rel_url.raw_query_string, form, signature,
                                                request.headers.get(SETTINGS_HEADER)):
-                return self._refuse(request, "bad X-Twilio-Signature")
+                self._refuse(request, "bad X-Twilio-Signature")
+                return None
         return form
 
     def _signed_upgrade(self, request: web.Request) -> bool:
