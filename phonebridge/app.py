@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from google import genai
 from google.auth.exceptions import GoogleAuthError
 from google.genai import types
@@ -29,7 +30,13 @@ from phonebridge.config import Settings
 from phonebridge.errors import ModelUnavailable
 from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
-from phonebridge.signatures import SignatureChecker
+from phonebridge.signatures import (
+    STREAM_TOKEN_PARAMETER,
+    SignatureChecker,
+    StreamTokens,
+    parse_shared_keys,
+)
+from phonebridge.stream_guard import SparseLog, StreamGuard
 from phonebridge.tools import all_tools
 
 log = logging.getLogger("phonebridge.app")
@@ -135,11 +142,12 @@ def make_app(
     app[RUNTIME] = runtime
     app[METRICS] = metrics
     checker = (
-        SignatureChecker(settings.twilio_auth_token or "", settings.public_url)
+        SignatureChecker(settings.twilio_auth_token or "", settings.public_url,
+                         parse_shared_keys(settings.webhook_shared_keys))
         if settings.validate_signatures and settings.public_url and settings.twilio_auth_token
         else None
     )
-    handlers = _Handlers(runtime, checker, upgrade_authoriser)
+    handlers = _Handlers(runtime, checker, metrics, upgrade_authoriser)
     app.router.add_post(VOICE_PATH, handlers.voice)
     app.router.add_get(MEDIA_PATH, handlers.media)
     app.router.add_post(STATUS_PATH, handlers.status)
@@ -219,13 +227,26 @@ def _default_rest(settings: Settings) -> Any | None:
     return TwilioRest(settings.twilio_account_sid, settings.twilio_auth_token, api_base=settings.twilio_api_url)
 
 
+SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"  # Webhook Rules: which key and algorithm signed
+
+
 class _Handlers:
     def __init__(
-        self, runtime: Runtime, checker: SignatureChecker | None,
+        self, runtime: Runtime, checker: SignatureChecker | None, metrics: Metrics,
         upgrade_authoriser: Callable[[web.Request], bool] | None = None,
     ) -> None:
-        self._rt, self._checker = runtime, checker
+        self._rt, self._checker, self._metrics = runtime, checker, metrics
         self._upgrade_authoriser = upgrade_authoriser
+        settings = runtime.settings
+        secret = settings.stream_secret or settings.twilio_auth_token
+        # Tokens are issued whenever there is a key, and required when signatures are validated.
+        self._tokens = StreamTokens(secret) if secret else None
+        enforce = settings.validate_signatures and self._tokens is not None
+        self._guard = StreamGuard(
+            self._tokens if enforce else None, settings.twilio_account_sid if enforce else None,
+            settings.start_timeout_s, settings.media_timeout_s,
+        )
+        self._refusals = SparseLog()
 
     def _stream_url(self, request: web.Request) -> str:
         if self._checker is not None:
@@ -238,18 +259,21 @@ class _Handlers:
         return f"wss://{request.host}{MEDIA_PATH}"
 
     async def voice(self, request: web.Request) -> web.Response:
-        form = {k: str(v) for k, v in (await request.post()).items()}
-        if not self._signed_webhook(request, form):
+        form = await self._signed_form(request)
+        if form is None:
             return web.Response(status=403, text="invalid Twilio signature")
         if self._rt.draining or self._rt.at_capacity():
             why = "draining" if self._rt.draining else "at capacity"
             log.warning("refusing call %s: %s", form.get("CallSid", "?"), why)
             return _xml(twiml.reject(self._rt.settings.busy_say))
         stream_url = self._stream_url(request)
-        parameters = {
-            key: form[key] for key in ("CallSid", "From", "To", "Direction") if form.get(key)
-        }
+        # The query is part of the URL Twilio signed: an outbound call's own parameters (phonebridge call --param).
+        parameters = {key: value for key, value in request.query.items() if key != "direction"}
+        parameters.update({key: form[key] for key in ("CallSid", "From", "To", "Direction") if form.get(key)})
         parameters["Direction"] = request.query.get("direction", parameters.get("Direction", "inbound"))
+        if self._tokens is not None:  # binds the stream to this call: checked at its `start`
+            account = form.get("AccountSid") or self._rt.settings.twilio_account_sid or ""
+            parameters[STREAM_TOKEN_PARAMETER] = self._tokens.issue(form.get("CallSid", ""), account)
         fallback = _fallback(self._rt.settings)
         # Stream start/stop/error events come back to /twilio/status (signed like every webhook).
         public = self._rt.settings.public_url
@@ -265,7 +289,7 @@ class _Handlers:
         assert services is not None
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
         await ws.prepare(request)
-        session = CallSession(ws, services)
+        session = CallSession(ws, services, self._guard)
         self._rt.add(session)
         try:
             stats = await session.run()
@@ -277,8 +301,8 @@ class _Handlers:
         return ws
 
     async def status(self, request: web.Request) -> web.Response:
-        form = {k: str(v) for k, v in (await request.post()).items()}
-        if not self._signed_webhook(request, form):
+        form = await self._signed_form(request)
+        if form is None:
             return web.Response(status=403, text="invalid Twilio signature")
         log.info(
             "status callback: call %s is %s", form.get("CallSid", "?"),
@@ -295,16 +319,25 @@ class _Handlers:
         body = {"ready": ready, "draining": self._rt.draining, "model_down": model_down}
         return web.json_response(body, status=200 if ready else 503)
 
-    def _signed_webhook(self, request: web.Request, form: dict[str, str]) -> bool:
-        if not self._rt.settings.validate_signatures:
-            return True
-        assert self._checker is not None
-        ok = self._checker.check_webhook(
-            request.path, request.rel_url.raw_query_string, form, request.headers.get("X-Twilio-Signature")
-        )
-        if not ok:
-            log.warning("rejected %s %s: bad or missing X-Twilio-Signature", request.method, request.path)
-        return ok
+    async def _signed_form(self, request: web.Request) -> dict[str, str] | None:
+        """The webhook's POST form when Twilio signed it; None (refused: logged sparingly, counted) otherwise.
+        Unsigned requests are refused before their body is read; a body that cannot be decoded is refused too."""
+        validate, signature = self._rt.settings.validate_signatures, request.headers.get("X-Twilio-Signature")
+        if validate and not signature:
+            self._refuse(request, "missing X-Twilio-Signature")
+            return None
+        try:
+            form = {k: str(v) for k, v in (await request.post()).items()}
+        except (ValueError, LookupError, HttpProcessingError) as exc:  # bad bytes, unknown charset, bad multipart
+            self._refuse(request, f"unreadable body ({type(exc).__name__})")
+            return None
+        if validate:
+            assert self._checker is not None
+            if not self._checker.check_webhook(request.path, request.rel_url.raw_query_string, form, signature,
+                                               request.headers.get(SETTINGS_HEADER)):
+                self._refuse(request, "bad X-Twilio-Signature")
+                return None
+        return form
 
     def _signed_upgrade(self, request: web.Request) -> bool:
         if self._upgrade_authoriser is not None:
@@ -315,10 +348,18 @@ class _Handlers:
         if not self._rt.settings.validate_signatures:
             return True
         assert self._checker is not None
-        ok = self._checker.check_upgrade(request.path, request.headers.get("X-Twilio-Signature"))
+        ok = self._checker.check_upgrade(
+            request.path, request.headers.get("X-Twilio-Signature"), request.headers.get(SETTINGS_HEADER)
+        )
         if not ok:
-            log.warning("rejected media WebSocket upgrade: bad or missing X-Twilio-Signature")
+            self._refuse(request, "bad or missing X-Twilio-Signature on the media WebSocket upgrade")
         return ok
+
+    def _refuse(self, request: web.Request, why: str) -> None:
+        self._metrics.request_refused(request.path)
+        if self._refusals.should_log(time.monotonic()):
+            log.warning("refused %s %s: %s (%d refused so far)", request.method, request.path, why,
+                        self._refusals.count)
 
 
 def _fallback(settings: Settings) -> str | None:

@@ -46,6 +46,7 @@ from phonebridge.model_events import (
     TurnComplete,
     Usage,
 )
+from phonebridge.stream_guard import IdleWatch, StreamGuard, agent_parameters
 from phonebridge.tool_calls import HoldPlayer, ToolCallRunner
 from phonebridge.tools import ToolDispatcher, ToolOutcome
 
@@ -62,8 +63,12 @@ async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: s
 class CallSession:
     """Runs one Media Streams WebSocket from `start` to the end of the call."""
 
-    def __init__(self, ws: web.WebSocketResponse, services: CallServices) -> None:
+    def __init__(self, ws: web.WebSocketResponse, services: CallServices, guard: StreamGuard | None = None) -> None:
         self._ws, self._svc = ws, services
+        self._guard = guard or StreamGuard()
+        self._loop = asyncio.get_running_loop()
+        self._watch = IdleWatch(self._guard.start_timeout_s, self._guard.media_timeout_s, self._loop.time())
+        self._watch_timer: asyncio.TimerHandle | None = None
         self._log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {"call_sid": "-"})
         self.stats = CallStats()
         self._reactions = Reactions(services.metrics)
@@ -88,9 +93,11 @@ class CallSession:
     # -- the Twilio side (the handler's task) ------------------------------------------------------------
 
     async def run(self) -> CallStats:
+        self._arm_watch()
         try:
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
+                    self._watch.on_frame(self._loop.time())
                     if self._recorder is not None:
                         self._recorder.record("twilio_in", message.data)
                     elif self._early is not None and len(self._early) < 8:
@@ -120,7 +127,7 @@ class CallSession:
             if self._ours(event):
                 await self._execute(self.state.twilio_mark(event.name, time.monotonic()))
         elif isinstance(event, twilio.Start):
-            self._on_start(event)
+            await self._accept(event)
         elif isinstance(event, twilio.Dtmf):
             await self._on_dtmf(event)
         elif isinstance(event, twilio.Stop):
@@ -152,6 +159,48 @@ class CallSession:
         if self._link is not None and not await self._link.send_text(f"The caller pressed {event.digit} on the keypad."):
             self._log.warning("DTMF %s could not reach the model", event.digit)
 
+    async def _accept(self, event: twilio.Start) -> None:
+        """Open the call only for a start that proves it belongs to the call our webhook answered: nothing
+        (no Live session, no REST action) happens for one that does not."""
+        why = self._guard.refusal(event) if self._start is None else None
+        if why is None:
+            self._on_start(event)
+            self._watch.on_start(self._loop.time())
+            self._arm_watch()  # from the start deadline to the media one
+            return
+        self.stats.outcome = "stream_refused"
+        self._guarded(why, "refused the media stream of call %s (account %s): %s; closing with 1008",
+                      event.call_sid, event.account_sid, why)
+        self._ended.set()
+        await self._close_socket(1008, b"stream not issued for this call")
+
+    def _arm_watch(self) -> None:
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
+        self._watch_timer = self._loop.call_at(self._watch.deadline(), self._on_watch)
+
+    def _on_watch(self) -> None:
+        if self._ended.is_set():
+            return
+        why = self._watch.expired(self._loop.time())
+        if why is None:
+            self._arm_watch()
+        elif why == "no_start":
+            self.stats.outcome = why
+            self._guarded(why, "no start within %g s of the upgrade: closing the socket", self._guard.start_timeout_s)
+            self._ended.set()
+            self._spawn(self._close_socket(1008, b"no start"))
+        else:
+            self.stats.outcome = why
+            self._guarded(why, "no frame from Twilio for %g s: ending the call", self._guard.media_timeout_s)
+            self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
+
+    def _guarded(self, reason: str, message: str, *args: Any) -> None:
+        if self._svc.metrics is not None:
+            self._svc.metrics.stream_guarded(reason)
+        if self._guard.log_gate.should_log(self._loop.time()):
+            self._log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
+
     def _on_start(self, event: twilio.Start) -> None:
         if self._start is not None:
             self._ignore("duplicate start")
@@ -161,7 +210,7 @@ class CallSession:
         self.stats.call_sid = event.call_sid
         self._log = logging.LoggerAdapter(log, {"call_sid": event.call_sid})
         self._seq.observe(event.sequence_number)
-        params = dict(event.custom_parameters)
+        params = agent_parameters(event)  # the stream token is ours, not the agent's
         context = CallContext(
             call_sid=event.call_sid, stream_sid=event.stream_sid, from_number=params.get("From", ""),
             to_number=params.get("To", ""), direction=params.get("Direction", "inbound"), parameters=params,
@@ -438,10 +487,10 @@ class CallSession:
         self._ended.set()
         await self._close_socket()
 
-    async def _close_socket(self) -> None:
+    async def _close_socket(self, code: int = 1000, message: bytes = b"") -> None:
         if self._ws.closed:
             return
-        await self._ws.close()
+        await self._ws.close(code=code, message=message)
         # aiohttp keeps a failed close's error (the caller already gone), and its traceback's frames hold the
         # socket: a reference cycle per call. The traceback is of no use once the call is over.
         error = self._ws.exception()
@@ -468,6 +517,8 @@ class CallSession:
             self._flush_transcript(who, time.monotonic())
         if self._timer is not None:
             self._timer.cancel()
+        if self._watch_timer is not None:
+            self._watch_timer.cancel()
         if self._link is not None:
             await self._link.close()
         if self._dispatcher is not None:

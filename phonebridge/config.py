@@ -44,6 +44,10 @@ class Settings:
     model_connect_timeout_s: float = 10.0
     reconnect_attempts: int = 5
     heap_trim_s: float = 60.0  # look this often whether glibc's free heap pages should go back; 0: never
+    stream_secret: str | None = None  # keys the per-call stream tokens; default: the auth token
+    webhook_shared_keys: str | None = None  # Webhook Rules SharedKeys, "id=secret[,id=secret]"
+    start_timeout_s: float = 10.0  # a signed media socket must send `start` within this
+    media_timeout_s: float = 15.0  # a started stream silent this long ends the call
 
     @classmethod
     def parse(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> tuple[Settings, list[str]]:
@@ -196,6 +200,9 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("PHONEBRIDGE_FALLBACK_DIAL", "fallback_dial", empty_is_none=True),
     EnvVar("PHONEBRIDGE_HEAP_TRIM_S", "heap_trim_s", read_float),
     EnvVar("PHONEBRIDGE_LOG_CALLER_NUMBERS", "log_caller_numbers", read_bool),
+    EnvVar("PHONEBRIDGE_STREAM_SECRET", "stream_secret", empty_is_none=True),
+    EnvVar("PHONEBRIDGE_WEBHOOK_SHARED_KEYS", "webhook_shared_keys", empty_is_none=True),
+    EnvVar("PHONEBRIDGE_MEDIA_TIMEOUT_S", "media_timeout_s", read_float),
 )
 
 
@@ -230,6 +237,12 @@ def _sayable(value: str) -> None:
         raise ValueError("use printable text: control characters cannot be spoken or sent in TwiML") from None
 
 
+def _shared_keys(value: str) -> None:
+    if not all(key_id and sep and secret for key_id, sep, secret in
+               (item.strip().partition("=") for item in value.split(",") if item.strip())):
+        raise ValueError("use id=secret pairs separated by commas")
+
+
 _FIELD_CHECKS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("public_url", _absolute_url),
     ("twilio_api_url", _absolute_url),
@@ -241,6 +254,9 @@ _FIELD_CHECKS: tuple[tuple[str, Callable[[Any], None]], ...] = (
     ("busy_say", _sayable),
     ("model_connect_timeout_s", at_least(0.001)),
     ("reconnect_attempts", at_least(0)),
+    ("start_timeout_s", at_least(0.001)),
+    ("media_timeout_s", at_least(0.001)),
+    ("webhook_shared_keys", _shared_keys),
 )
 
 

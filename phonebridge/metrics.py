@@ -103,6 +103,15 @@ class Metrics:
         )
         self.hold_plays = Counter("phonebridge_hold_plays", "Times the hold sound played for a slow tool.", registry=r)
         self.tokens = Counter("phonebridge_model_tokens", "Live tokens from usageMetadata, by kind.", ["kind"], registry=r)
+        self.streams_closed = Counter(
+            "phonebridge_streams_guarded", "Media streams the bridge closed itself, by reason: refused at start "
+            "(missing_token, bad_token, wrong_account), no start in time (no_start), silent (media_timeout).",
+            ["reason"], registry=r,
+        )
+        self.webhooks_refused = Counter(
+            "phonebridge_requests_refused", "Webhooks and upgrades refused: bad or missing signature, or a body "
+            "that could not be read, by route.", ["route"], registry=r,
+        )
 
     # -- events from the bridge ----------------------------------------------------------------------------
 
@@ -161,6 +170,12 @@ class Metrics:
 
     def observe_loop_lag(self, seconds: float) -> None:
         self.loop_lag.observe(seconds)
+
+    def stream_guarded(self, reason: str) -> None:
+        self.streams_closed.labels(reason=reason).inc()
+
+    def request_refused(self, route: str) -> None:
+        self.webhooks_refused.labels(route=route).inc()
 
     def reconnect(self, cause: str) -> None:
         self.reconnects.labels(cause=cause).inc()

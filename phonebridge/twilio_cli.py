@@ -4,11 +4,13 @@ Both read the same environment as the server (TWILIO_ACCOUNT_SID, TWILIO_AUTH_TO
 PHONEBRIDGE_TWILIO_API_URL) and talk to Twilio through phonebridge.rest.TwilioRest, so what works here
 works for the server's hang-ups and transfers too.
 
-`call` places the call with *inline* TwiML (no webhook round trip before the stream connects, ~a Twilio
-fetch saved) that connects straight to this bridge's Media Stream. The call's context rides in
-`<Parameter>`s (From, To, Direction=outbound, plus `--param NAME=VALUE`), the same names the voice webhook
-sends for inbound calls, and the server's fallback verbs (PHONEBRIDGE_FALLBACK_SAY/DIAL) follow `<Connect>`,
-so a call the bridge cannot serve still hears the apology.
+`call` places the call with its `Url` on this bridge's voice webhook (`/twilio/voice?direction=outbound&...`),
+not with inline TwiML: the stream must carry a token bound to the call's CallSid, which Twilio assigns only
+when the call is created, so it is the webhook, answering with that CallSid in hand, that writes the TwiML.
+That costs one Twilio fetch when the call is answered. The call's context rides in the URL's query
+(Direction=outbound, plus `--param NAME=VALUE`), which Twilio signs with the rest of the URL; the webhook
+turns it into `<Parameter>`s beside From and To, and adds the server's own fallback verbs
+(PHONEBRIDGE_FALLBACK_SAY/DIAL), so a call the bridge cannot serve still hears the apology.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import os
 import re
 import sys
 from typing import Any, TextIO
+from urllib.parse import urlencode
 
 from twilio.base.exceptions import TwilioException  # type: ignore[import-untyped]  # twilio ships no type hints
 
-from phonebridge import twiml
 from phonebridge.config import Settings
 from phonebridge.errors import ConfigError, TwilioApiError
 from phonebridge.rest import TwilioRest
@@ -86,13 +88,10 @@ def _public(settings: Settings) -> SignatureChecker:
     return SignatureChecker(settings.twilio_auth_token or "-", settings.public_url)
 
 
-def outbound_twiml(settings: Settings, to: str, from_: str, extra: dict[str, str]) -> str:
-    """`<Connect><Stream>` to this bridge with the call's context, then the fallback verbs."""
-    parameters = {**extra, "From": from_, "To": to, "Direction": "outbound"}
-    fallback = None
-    if settings.fallback_say or settings.fallback_dial:
-        fallback = twiml.fallback_verbs(settings.fallback_say, settings.fallback_dial)
-    return twiml.connect_stream(_public(settings).stream_url(MEDIA_PATH), parameters, fallback=fallback)
+def outbound_url(settings: Settings, extra: dict[str, str]) -> str:
+    """The voice webhook URL Twilio fetches when the call is answered; `extra` become the stream's parameters."""
+    query = urlencode({"direction": "outbound", **{k: v for k, v in extra.items() if k != "direction"}})
+    return _public(settings).webhook_url(VOICE_PATH, query)
 
 
 # -- against Twilio -----------------------------------------------------------------------------------------
@@ -114,9 +113,9 @@ async def place_call(
     Returns 0 when the call completed (or was not followed), 1 when it ended unanswered or failed.
     """
     out = out or sys.stdout
-    document = outbound_twiml(settings, to, from_, extra or {})
+    url = outbound_url(settings, extra or {})
     status_callback = _public(settings).webhook_url(STATUS_PATH)
-    sid = await _credentials(rest.create_call(to, from_, twiml=document, status_callback=status_callback))
+    sid = await _credentials(rest.create_call(to, from_, url=url, status_callback=status_callback))
     print(sid, file=out, flush=True)
     if not follow:
         return 0

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import math
 
 import aiohttp
 import pytest
 
 from phonebridge.agent import Agent
-from phonebridge.testing.harness import BridgeHarness
+from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, BridgeHarness
 from phonebridge.testing.live_script import Hear, Say, Script, WaitForCaller, WaitForText
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.twilio_caller import CallRejected
@@ -26,6 +28,12 @@ def make_agent(**kwargs) -> Agent:
 
 def greeting_script(*more) -> Script:
     return Script([WaitForText(), Say(GREETING), *more])
+
+
+def stream_token(call_sid: str) -> str:
+    """The per-call stream token, computed independently of phonebridge.signatures."""
+    message = f"phonebridge-stream-v1\0{ACCOUNT_SID}\0{call_sid}".encode()
+    return hmac.new(AUTH_TOKEN.encode(), message, hashlib.sha256).hexdigest()
 
 
 async def first_turn_spoken(h: BridgeHarness, turns: int = 1):
@@ -49,7 +57,8 @@ async def test_greeting_is_prompted_by_realtime_text_and_heard_by_the_caller():
             assert conn.texts() == ["Greet the caller."]
             assert 'statusCallback="https://agent.example.com/twilio/status"' in caller.twiml
             assert caller.parameters == {"CallSid": caller.call_sid, "From": caller.from_number,
-                                         "To": caller.to_number, "Direction": "inbound"}
+                                         "To": caller.to_number, "Direction": "inbound",
+                                         "phonebridgeStreamToken": stream_token(caller.call_sid)}
             # Bit-exact: what the caller heard is the model's audio through our resampler and codec.
             assert caller.heard() == agent_audio_as_heard(conn)
             assert abs(caller.heard_seconds - len(synth_speech(GREETING, 24000)) / 48000) < 0.01

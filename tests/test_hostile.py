@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -27,7 +29,7 @@ from phonebridge import twilio
 from phonebridge.agent import Agent
 from phonebridge.app import MAX_FRAME_BYTES
 from phonebridge.errors import TwilioProtocolError
-from phonebridge.testing.harness import AUTH_TOKEN, PUBLIC_URL, BridgeHarness
+from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, BridgeHarness
 from phonebridge.testing.live_script import (
     Hear,
     Say,
@@ -38,8 +40,21 @@ from phonebridge.testing.live_script import (
 
 OWN_SID = "MZ" + "a" * 32
 OTHER_SID = "MZ" + "b" * 32
-ACCOUNT = "AC" + "0" * 32
+ACCOUNT = ACCOUNT_SID  # the harness's account: a start naming another is refused
 CALL_SID = "CA" + "c" * 32
+TOKEN_PARAMETER = "phonebridgeStreamToken"
+
+
+def stream_token(call_sid: str, account_sid: str = ACCOUNT) -> str:
+    """The token the voice webhook issues for this call (computed independently of phonebridge)."""
+    message = f"phonebridge-stream-v1\0{account_sid}\0{call_sid}".encode()
+    return hmac.new(AUTH_TOKEN.encode(), message, hashlib.sha256).hexdigest()
+
+
+def legitimate(start: twilio.Start) -> bool:
+    """A start the bridge accepts: our account, and the token issued for its own callSid."""
+    token = start.custom_parameters.get(TOKEN_PARAMETER)
+    return start.account_sid == ACCOUNT and token == stream_token(start.call_sid, start.account_sid)
 
 
 def make_agent() -> Agent:
@@ -52,7 +67,7 @@ def make_agent() -> Agent:
 def start_frame(sid: str = OWN_SID, seq: int = 1) -> dict[str, Any]:
     return {"event": "start", "sequenceNumber": str(seq), "streamSid": sid,
             "start": {"streamSid": sid, "accountSid": ACCOUNT, "callSid": CALL_SID, "tracks": ["inbound"],
-                      "customParameters": {"CallSid": CALL_SID},
+                      "customParameters": {"CallSid": CALL_SID, TOKEN_PARAMETER: stream_token(CALL_SID)},
                       "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
 
 
@@ -182,6 +197,7 @@ class Expected:
     frames_in: int = 0
     started_sid: str | None = None
     stopped: bool = False
+    refused: bool = False  # the first start did not prove its call: the socket is closed (1008)
     read: int = 0  # frames the bridge reads: none after our stop
 
     def feed(self, frame: str | bytes) -> None:
@@ -197,7 +213,9 @@ class Expected:
             self.malformed += 1
             return
         if isinstance(event, twilio.Start):
-            if self.started_sid is None:
+            if self.started_sid is None and not legitimate(event):
+                self.refused = self.stopped = True
+            elif self.started_sid is None:
                 self.started_sid = event.stream_sid
             else:
                 self.ignored += 1
@@ -307,7 +325,7 @@ async def test_any_sequence_of_frames_on_the_live_socket_has_its_documented_outc
     assert len(h.runtime.finished) == finished_before + 1
     stats = h.runtime.finished[-1]
     assert (stats.malformed, stats.ignored, stats.frames_in) == (expected.malformed, expected.ignored, expected.frames_in)
-    assert stats.outcome == "caller_hung_up"
+    assert stats.outcome == ("stream_refused" if expected.refused else "caller_hung_up")
     # Nothing may be sent before `start`, and only ever for the stream it named.
     sids = {json.loads(m.data).get("streamSid") for m in leg.received if m.type == aiohttp.WSMsgType.TEXT}
     assert sids <= ({expected.started_sid} if expected.started_sid else set())

@@ -20,8 +20,9 @@ import aiohttp
 from google import genai
 
 from phonebridge.agent import Agent
+from phonebridge.config import Settings
 from phonebridge.model import REPLAY_FRAMES, LiveLink
-from phonebridge.testing.harness import BridgeHarness
+from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, BridgeHarness
 from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
 from tests.test_hostile import CONNECTED, media_socket_headers, start_frame
 
@@ -57,7 +58,10 @@ async def test_a_stalled_twilio_socket_pushes_back_on_the_model_instead_of_buffe
     seconds = 400.0  # over 4 MB of Twilio JSON: more than loopback socket buffers absorb (autotuned to ~4 MB)
     total_frames = round(seconds / 0.02)
     script = Script([WaitForText(), Say("A very long story. " * 20, seconds=seconds, chunk_ms=1000)])
-    async with BridgeHarness(make_agent(), script) as h:
+    # This caller sends nothing after `start` (real Twilio would keep sending media): no media timeout here.
+    settings = Settings(public_url=PUBLIC_URL, twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN,
+                        model_connect_timeout_s=5.0, reconnect_attempts=2, media_timeout_s=600.0)
+    async with BridgeHarness(make_agent(), script, settings=settings) as h:
         connector = aiohttp.TCPConnector(socket_factory=small_receive_buffer)
         async with aiohttp.ClientSession(connector=connector) as session:
             ws = await session.ws_connect(h.server_url + "/twilio/media", headers=media_socket_headers())

@@ -5,6 +5,8 @@ concurrent-call limit. The real aiohttp app on loopback; signatures computed by 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import re
 from collections.abc import Mapping
@@ -16,8 +18,9 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from phonebridge.agent import Agent
-from phonebridge.app import make_app
+from phonebridge.app import METRICS, make_app
 from phonebridge.config import DEFAULT_BUSY_SAY, Settings
+from phonebridge.context import CallContext
 from phonebridge.errors import ConfigError
 from phonebridge.logs import setup_logging
 from phonebridge.testing.harness import (
@@ -26,7 +29,14 @@ from phonebridge.testing.harness import (
     PUBLIC_URL,
     BridgeHarness,
 )
-from phonebridge.testing.live_script import Say, Script, WaitForCaller, WaitForText
+from phonebridge.testing.live_script import (
+    CallTools,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForCaller,
+    WaitForText,
+)
 from phonebridge.testing.twilio_caller import CallRejected
 
 FORM = {"AccountSid": ACCOUNT_SID, "CallSid": "CA" + "1" * 32, "From": "+15551230001", "To": "+15557654321",
@@ -252,3 +262,203 @@ async def test_above_the_call_limit_the_webhook_answers_polite_reject_twiml_and_
         await second.hangup()
         await h.wait_idle()
     assert len(h.runtime.finished) == 3
+
+
+# -- a media stream belongs to the call our webhook answered ---------------------------------------------
+
+TOKEN_PARAMETER = "phonebridgeStreamToken"
+OTHER_ACCOUNT = "AC" + "9" * 32
+
+
+def guarded(h: BridgeHarness) -> dict[str, float]:
+    """phonebridge_streams_guarded_total by reason."""
+    return {s.labels["reason"]: s.value for family in h.app[METRICS].registry.collect() for s in family.samples
+            if s.name == "phonebridge_streams_guarded_total"}
+
+
+def ending_script(tool: str) -> Script:
+    return Script([WaitForText(), Say("Hello.", seconds=0.2), CallTools((ToolCallSpec(tool, {}),)),
+                   Say("Bye.", seconds=0.2)])
+
+
+# name -> (start fields the attacker forges, the refusal reason). The attacker dialled in himself, so
+# he holds a genuine token, for his own call.
+FORGERIES = {
+    "victim_sid_own_token": (lambda victim: {"callSid": victim}, "bad_token"),
+    "victim_sid_no_token": (lambda victim: {"callSid": victim, "customParameters": {"CallSid": victim}}, "missing_token"),
+    "victim_sid_made_up_token": (
+        lambda victim: {"callSid": victim, "customParameters": {TOKEN_PARAMETER: "0" * 64}}, "bad_token"),
+    "other_account": (lambda victim: {"accountSid": OTHER_ACCOUNT}, "wrong_account"),
+}
+
+
+@pytest.mark.parametrize("tool", ["end_call", "transfer_call"])
+@pytest.mark.parametrize("forgery", sorted(FORGERIES))
+async def test_a_start_naming_another_call_is_refused_before_any_session_and_the_victim_is_untouched(
+    tool: str, forgery: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack of issue 14: a signed upgrade (Twilio signs the same URL for every call), then a `start`
+    naming a victim's live callSid, and the model's end_call / transfer_call would reach that call by REST."""
+    caplog.set_level(logging.WARNING, "phonebridge")
+    forge, reason = FORGERIES[forgery]
+    agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.", transfer_to="+15550100199")
+    async with BridgeHarness(agent, ending_script(tool)) as h:
+        victim = h.caller()  # a live call Twilio knows (in the REST emulator), on another instance or not
+        attacker = h.caller(start_overrides=forge(victim.call_sid), continuous=False)
+        await attacker.dial()
+        await attacker.closed()
+        await h.wait_idle()
+        assert [(r.method, r.path, r.form) for r in h.rest.requests] == []  # no hang-up, no redirect
+        assert h.emulator.connections == []  # no Live session was ever opened
+        assert (attacker.closed_by_server, attacker.close_code) == (True, 1008)
+        assert h.rest.calls[victim.call_sid] == {**h.rest.calls[victim.call_sid], "status": "in-progress",
+                                                 "twiml": None}
+        assert h.runtime.finished[-1].outcome == "stream_refused"
+        assert guarded(h) == {reason: 1.0}
+    named = attacker.call_sid if forgery == "other_account" else victim.call_sid
+    assert any("refused the media stream of call " + named in r.getMessage() and reason in r.getMessage()
+               for r in caplog.records)
+
+
+async def test_a_legitimate_call_s_agent_never_sees_the_stream_token() -> None:
+    seen: list[dict[str, str]] = []
+    agent = make_agent()
+
+    @agent.tool
+    def whoami(call: CallContext) -> str:
+        """Who is calling."""
+        seen.append(dict(call.parameters))
+        return "ok"
+
+    starts: list[dict[str, Any]] = []
+    script = Script([WaitForText(), CallTools((ToolCallSpec("whoami", {}),)), Say("Hi.", seconds=0.2)])
+    observer = lambda kind, data: starts.append(data) if kind == "call_start" else None
+    async with BridgeHarness(agent, script, observers=[observer]) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_heard(0.1)
+            assert TOKEN_PARAMETER in caller.parameters  # it was in the TwiML and came back in `start`
+        await h.wait_idle()
+    expected = {"CallSid": caller.call_sid, "From": caller.from_number, "To": caller.to_number, "Direction": "inbound"}
+    assert seen == [expected]
+    assert starts[0]["parameters"] == expected
+    assert guarded(h) == {}
+
+
+async def test_with_a_stream_secret_tokens_are_keyed_by_it_not_by_the_auth_token() -> None:
+    settings = Settings(public_url=PUBLIC_URL, twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN,
+                        stream_secret="shared-by-every-instance", model_connect_timeout_s=5.0, reconnect_attempts=2)
+    async with BridgeHarness(make_agent(), greeting(), settings=settings) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_heard(0.2)
+    message = f"phonebridge-stream-v1\0{ACCOUNT_SID}\0{caller.call_sid}".encode()
+    assert caller.parameters[TOKEN_PARAMETER] == hmac.new(b"shared-by-every-instance", message,
+                                                          hashlib.sha256).hexdigest()
+
+
+def quick_settings(**changes: Any) -> Settings:
+    return Settings(public_url=PUBLIC_URL, twilio_account_sid=ACCOUNT_SID, twilio_auth_token=AUTH_TOKEN,
+                    model_connect_timeout_s=5.0, reconnect_attempts=2, **changes)
+
+
+async def test_a_signed_socket_that_never_starts_is_closed_after_the_start_timeout(caplog) -> None:
+    caplog.set_level(logging.WARNING, "phonebridge")
+    async with BridgeHarness(make_agent(), greeting(), settings=quick_settings(start_timeout_s=0.2)) as h, \
+            aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(h.server_url + "/twilio/media",
+                                      headers=headers(sign("wss://agent.example.com/twilio/media", {})))
+        await ws.send_str('{"event": "connected", "protocol": "Call", "version": "1.0.0"}')
+        await ws.send_str('{"event": "future-event"}')  # frames before start do not keep it open
+        assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
+        await h.wait_idle()
+        assert h.runtime.finished[-1].outcome == "no_start"
+        assert h.emulator.connections == []
+        assert guarded(h) == {"no_start": 1.0}
+    assert "no start within" in caplog.text
+
+
+async def test_a_started_stream_that_goes_silent_ends_the_call_and_its_live_session() -> None:
+    async with BridgeHarness(make_agent(), greeting(), settings=quick_settings(media_timeout_s=0.3)) as h:
+        caller = h.caller(continuous=False)  # sends start, then nothing
+        await caller.dial()
+        await caller.closed()
+        await h.wait_idle()
+        assert caller.closed_by_server
+        assert h.runtime.finished[-1].outcome == "media_timeout"
+        hang_up = [(r.method, r.path, r.form) for r in h.rest.requests]
+        assert hang_up == [("POST", f"/2010-04-01/Accounts/{ACCOUNT_SID}/Calls/{caller.call_sid}.json",
+                            {"Status": "completed"})]
+        await h.emulator.wait_for(lambda: not any(c.open for c in h.emulator.connections))
+        assert guarded(h) == {"media_timeout": 1.0}
+
+
+# -- webhook bodies ------------------------------------------------------------------------------------------
+
+
+async def test_an_undecodable_webhook_body_gets_403_without_a_traceback_and_refusals_are_logged_sparingly(caplog):
+    caplog.set_level(logging.DEBUG)
+    async with BridgeHarness(make_agent(), greeting()) as h, aiohttp.ClientSession() as session:
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        bodies = [
+            (b"\xff\xfe=\xff", form_type),  # not UTF-8
+            (b"a=1", {"Content-Type": "application/x-www-form-urlencoded; charset=no-such-charset"}),
+            (b"--x\r\nbroken", {"Content-Type": "multipart/form-data; boundary=x"}),
+        ]
+        for n in range(200):
+            body, content_type = bodies[n % len(bodies)]
+            signed = {"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"} if n % 2 else {}
+            path = "/twilio/voice" if n % 4 < 2 else "/twilio/status"
+            async with session.post(h.server_url + path, data=body, headers={**content_type, **signed}) as r:
+                assert (n, r.status) == (n, 403)
+        assert h.runtime.finished == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    refusals = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused POST")]
+    assert len(refusals) == 5  # the first five; then at most one a minute, with the count
+    assert refusals[-1].endswith("(5 refused so far)")
+
+
+async def test_a_webhook_signed_under_webhook_rules_with_a_configured_shared_key_is_accepted():
+    settings = quick_settings(webhook_shared_keys="webhooks_sharedkey_01=shared-secret")
+    rules = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_01,algorithm=HMAC_SHA256"}
+    validator = RequestValidator("shared-secret")
+    async with BridgeHarness(make_agent(), greeting(), settings=settings) as h, aiohttp.ClientSession() as session:
+        signature = validator.compute_signature(PUBLIC_URL + "/twilio/voice", FORM, "HMAC_SHA256")
+        async with session.post(h.server_url + "/twilio/voice", data=FORM,
+                                headers={**rules, "X-Twilio-Signature": signature}) as r:
+            assert r.status == 200 and "<Connect><Stream" in await r.text()
+        other = {"X-Twilio-Webhooks-Signature-Settings": "key=webhooks_sharedkey_02,algorithm=HMAC_SHA256"}
+        async with session.post(h.server_url + "/twilio/voice", data=FORM,
+                                headers={**other, "X-Twilio-Signature": signature}) as r:
+            assert r.status == 403
+        upgrade = validator.compute_signature("wss://agent.example.com/twilio/media", {}, "HMAC_SHA256")
+        ws = await session.ws_connect(h.server_url + "/twilio/media", headers={**rules, "X-Twilio-Signature": upgrade})
+        await ws.close()
+        await h.wait_idle()
+
+
+async def test_an_outbound_call_s_webhook_issues_its_token_and_carries_its_parameters() -> None:
+    """`phonebridge call` gives Twilio the voice webhook's URL (the CallSid, which the token covers, exists only
+    once the call is created); when Twilio fetches it, the TwiML carries --param values and the token."""
+    from phonebridge.twilio_cli import outbound_url
+
+    url = outbound_url(Settings(public_url=PUBLIC_URL), {"purpose": "reminder"})
+    assert url == PUBLIC_URL + "/twilio/voice?direction=outbound&purpose=reminder"
+    seen: list[dict[str, str]] = []
+    agent = make_agent()
+
+    @agent.tool
+    def whoami(call: CallContext) -> str:
+        """Who is calling."""
+        seen.append({**call.parameters, "direction": call.direction})
+        return "ok"
+
+    script = Script([WaitForText(), CallTools((ToolCallSpec("whoami", {}),)), Say("Hi.", seconds=0.2)])
+    async with BridgeHarness(agent, script) as h:
+        caller = h.caller(voice_path=url[len(PUBLIC_URL):], continuous=False)
+        async with caller:
+            await caller.wait_heard(0.1)
+        await h.wait_idle()
+    assert "</Connect><Say>" in caller.twiml  # the server's own fallback follows the stream
+    assert seen == [{"purpose": "reminder", "CallSid": caller.call_sid, "From": caller.from_number,
+                     "To": caller.to_number, "Direction": "outbound", "direction": "outbound"}]
+    assert guarded(h) == {}

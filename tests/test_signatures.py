@@ -167,3 +167,51 @@ def test_paths_must_be_absolute() -> None:
     checker = SignatureChecker(TOKEN, "https://agent.example.com")
     with pytest.raises(ValueError, match="path must start with '/', got 'twilio/voice'"):
         checker.webhook_url("twilio/voice")
+
+
+# -- Webhook Rules: X-Twilio-Webhooks-Signature-Settings (validated by twilio's RequestValidator) ---------
+
+SHARED_ID, SHARED_SECRET = "webhooks_sharedkey_01", "shared-secret"
+
+
+def hmac_sha256(secret: str, data: str) -> str:
+    return base64.b64encode(hmac.new(secret.encode(), data.encode(), hashlib.sha256).digest()).decode()
+
+
+def test_a_webhook_signed_with_a_configured_shared_key_and_sha256_passes() -> None:
+    checker = SignatureChecker(TOKEN, "https://agent.example.com", {SHARED_ID: SHARED_SECRET})
+    data = "https://agent.example.com/twilio/voiceCallSidCA01From+15550100To+15550199"
+    settings = f"key={SHARED_ID},algorithm=HMAC_SHA256"
+    assert checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(SHARED_SECRET, data), settings)
+    assert checker.check_upgrade("/twilio/media", hmac_sha256(SHARED_SECRET, "wss://agent.example.com/twilio/media"),
+                                 settings)
+    # The same signature without the header (legacy HMAC-SHA1 with the auth token) does not pass.
+    assert not checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(SHARED_SECRET, data))
+    # Nor one made with the auth token while the header names the shared key.
+    assert not checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(TOKEN, data), settings)
+
+
+def test_a_shared_key_we_were_not_given_or_an_unknown_algorithm_is_refused() -> None:
+    checker = SignatureChecker(TOKEN, "https://agent.example.com", {SHARED_ID: SHARED_SECRET})
+    data = "https://agent.example.com/twilio/voiceCallSidCA01From+15550100To+15550199"
+    assert not checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(SHARED_SECRET, data),
+                                     "key=webhooks_sharedkey_other,algorithm=HMAC_SHA256")
+    assert not checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(SHARED_SECRET, data),
+                                     f"key={SHARED_ID},algorithm=HMAC_SHA512")
+
+
+def test_settings_without_a_key_mean_the_auth_token_under_the_named_algorithm() -> None:
+    checker = SignatureChecker(TOKEN, "https://agent.example.com")
+    data = "https://agent.example.com/twilio/voiceCallSidCA01From+15550100To+15550199"
+    assert checker.check_webhook("/twilio/voice", "", FORM, hmac_sha256(TOKEN, data), "algorithm=HMAC_SHA256")
+    assert checker.check_webhook("/twilio/voice", "", FORM, hmac_sha1(TOKEN, data), "")
+
+
+def test_shared_keys_setting_is_parsed_or_refused() -> None:
+    from phonebridge.signatures import parse_shared_keys
+
+    assert parse_shared_keys(None) == {}
+    assert parse_shared_keys(" a=x , b=y=z ") == {"a": "x", "b": "y=z"}
+    for bad in ("a", "=x", "a="):
+        with pytest.raises(ConfigError, match="PHONEBRIDGE_WEBHOOK_SHARED_KEYS"):
+            parse_shared_keys(bad)

@@ -183,3 +183,12 @@ def test_fallback_verbs() -> None:
     assert connect_stream(URL, {}, fallback=fallback_verbs(None, None)) == (
         DECL + '<Response><Connect><Stream url="wss://agent.example.com/twilio/media" /></Connect></Response>'
     )
+
+
+def test_the_stream_token_parameter_fits_whole() -> None:
+    from phonebridge.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
+
+    token = StreamTokens("auth-token").issue("CA" + "1" * 32, "AC" + "2" * 32)
+    document = connect_stream(URL, {STREAM_TOKEN_PARAMETER: token})
+    assert f'<Parameter name="{STREAM_TOKEN_PARAMETER}" value="{token}" />' in document
+    assert len(STREAM_TOKEN_PARAMETER) + len(token) < MAX_PARAMETER_CHARS  # never truncated

@@ -3,7 +3,10 @@
 1. POSTs the voice webhook (Twilio's form), signed by twilio's own ``RequestValidator`` over the *public*
    URL while connecting to the local ``server_url``: Twilio only reaches public https URLs.
 2. Reads ``<Response><Connect><Stream url="wss://...">`` and its ``<Parameter>``s from the TwiML. Twilio drops
-   a stream url's query string, so this caller does too (for the signature and the connection).
+   a stream url's query string, so this caller does too (for the signature and the connection). The
+   parameters go back as ``start.customParameters``, the call's stream token among them, as Twilio does.
+   ``start_overrides`` forges the ``start`` instead (another call's ``callSid``, a wrong token): the attack
+   a captured upgrade signature would allow, for security tests.
 3. Opens the WebSocket with the upgrade signed over that url (empty params), sends ``connected``, ``start``,
    then ``media`` (160 mu-law bytes per 20 ms), ``dtmf``, ``stop``: ``sequenceNumber`` is shared and rises
    by one, ``chunk`` counts frames from 1, ``timestamp`` is the frame's ms on the call's timeline.
@@ -77,6 +80,7 @@ class TwilioCaller:
         clock: Callable[[], float] | None = None,
         continuous: bool | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        start_overrides: dict[str, Any] | None = None,
     ) -> None:
         if not speed > 0:
             raise ValueError("speed must be positive (math.inf: as fast as possible)")
@@ -90,6 +94,7 @@ class TwilioCaller:
         self.stream_sid = "MZ" + secrets.token_hex(16)
         self._validator, self._extra_form, self._clock = RequestValidator(auth_token), dict(extra_form or {}), clock
         self._ssl = ssl_context  # trust for an https/wss server_url (a TLS proxy with a test CA); None: the default
+        self._start_overrides = dict(start_overrides or {})  # fields of start.start replaced as is
         self.twiml = ""  # what the webhook answered
         self.stream_url = ""
         self.parameters: dict[str, str] = {}
@@ -173,12 +178,20 @@ class TwilioCaller:
         # (a millisecond stale), which would make arrival times earlier than the sends that caused them.
         self._t0 = self.started_at = time.monotonic()
         await self.send_raw(self._core.connected())
-        await self._send(lambda: self._core.start(self.parameters, RATE))
+        await self._send(self._start_message)
         self._tasks.append(asyncio.create_task(self._read()))
         if self._clock is None and math.isfinite(self.speed):
             self._tasks.append(asyncio.create_task(self._play()))
         if self.continuous:
             self._tasks.append(asyncio.create_task(self._keep_streaming()))
+
+    def _start_message(self) -> str:
+        text = self._core.start(self.parameters, RATE)
+        if not self._start_overrides:
+            return text
+        message = json.loads(text)
+        message["start"].update(self._start_overrides)
+        return json.dumps(message)
 
     def _local(self, public: str) -> str:
         """Map a URL on the public host onto the local server the caller was given."""
