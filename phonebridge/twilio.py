@@ -159,8 +159,9 @@ def _parse_media(msg: dict[str, Any]) -> Media:
     media = _object(msg, "media", "media")
     payload = _string(media, "payload", "media", "media.")
     if len(payload) > _MAX_PAYLOAD_CHARS:
-        problem = f"field 'media.payload' of {len(payload)} base64 characters exceeds the {MAX_MEDIA_PAYLOAD_BYTES}-byte limit"
-        _fail("media", problem, "too_large")
+        limit = MAX_MEDIA_PAYLOAD_BYTES
+        _fail("media", f"field 'media.payload' of {len(payload)} base64 characters exceeds the {limit}-byte limit",
+              "too_large")
     try:
         decoded = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters in the str
