@@ -433,6 +433,24 @@ async def test_huge_messages_one_dropped_by_the_parser_one_closing_the_socket_an
     h.emulator.check()
 
 
+async def test_48_kb_media_frames_are_counted_as_malformed_and_never_reach_the_model():
+    async with BridgeHarness(make_agent(), qa_script()) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_heard(0.5)
+            frames_before = len(h.emulator.connections[0].received)
+            big = media_frame(caller.stream_sid, seq=10_000, payload=b"\xff" * 48_000)
+            assert len(json.dumps(big)) < twilio.DEFAULT_MAX_MESSAGE_BYTES  # within the message limit
+            for _ in range(3):
+                await caller.send_raw(big)
+            await caller.press("7")  # processed after the three frames: they have been judged by then
+            await h.emulator.wait_for(lambda: "The caller pressed 7 on the keypad." in h.emulator.connections[0].texts())
+            audio_sent = sum(r.kind == "audio" for r in h.emulator.connections[0].received[frames_before:])
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.malformed == 3 and stats.dtmf == ["7"] and stats.outcome == "caller_hung_up"
+    assert audio_sent == 0  # not one byte of the oversized frames went to the model
+
+
 async def test_a_flood_of_garbage_is_counted_logged_sparingly_and_costs_the_bystander_nothing(caplog):
     caplog.set_level(logging.WARNING, "phonebridge")
     flood = 5000
