@@ -7,6 +7,11 @@ message goes through the SDK's own conversion, exactly as `session.receive()` do
 same events either way (tests hold the two equal). The session's socket and converter are private SDK
 attributes: where either is missing (another SDK version, Vertex AI), `reader_for` returns None and the
 caller uses `session.receive()`.
+
+The fast path takes a message only when the SDK would build it without complaint and translate it to the same
+events: any field it does not know, or a known one of another type, sends the message down the SDK's path.
+Whatever the peer sends, `SessionReader.next` gives events, the SDK's APIError (a close, or an error object),
+or a ModelProtocolError saying what was wrong (the link then replaces the connection): nothing else.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 from google.genai import errors as genai_errors
 from google.genai import types
 
+from phonebridge.errors import ModelProtocolError
 from phonebridge.model_events import AudioOut, ModelEvent, OutputText, translate
 
 try:  # private to the SDK: the reader is only used while it is there
@@ -41,7 +47,7 @@ def audio_events(data: Mapping[str, Any]) -> list[ModelEvent] | None:
     if not isinstance(content, dict) or not set(content) <= {"modelTurn", "outputTranscription"}:
         return None
     turn = content.get("modelTurn")
-    if not isinstance(turn, dict) or not set(turn) <= {"parts", "role"}:
+    if not isinstance(turn, dict) or not set(turn) <= {"parts", "role"} or not isinstance(turn.get("role", ""), str):
         return None
     parts = turn.get("parts")
     if not isinstance(parts, list) or not parts:
@@ -57,7 +63,8 @@ def audio_events(data: Mapping[str, Any]) -> list[ModelEvent] | None:
         if not isinstance(transcript, dict) or not set(transcript) <= {"text", "finished"}:
             return None
         text = transcript.get("text")
-        if not isinstance(text, (str, type(None))):
+        finished = transcript.get("finished")
+        if not isinstance(text, (str, type(None))) or not isinstance(finished, (bool, type(None))):
             return None
         if text:
             events.append(OutputText(text))
@@ -71,8 +78,11 @@ def _audio_part(part: Any) -> bytes | None:
     encoded, mime = blob.get("data"), blob.get("mimeType", "audio/pcm")
     if not isinstance(encoded, str) or not encoded or not isinstance(mime, str) or not mime.startswith("audio/pcm"):
         return None
+    url_safe = "-" in encoded or "_" in encoded
+    if url_safe and ("+" in encoded or "/" in encoded):
+        return None  # both alphabets at once: pydantic refuses it, so the SDK's path must say so
     try:
-        return base64.b64decode(encoded, altchars=b"-_" if "-" in encoded or "_" in encoded else None, validate=True)
+        return base64.b64decode(encoded, altchars=b"-_" if url_safe else None, validate=True)
     except (binascii.Error, ValueError):
         return None
 
@@ -111,16 +121,36 @@ class SessionReader:
         except ConnectionClosed as exc:
             code, reason = (exc.rcvd.code, exc.rcvd.reason) if exc.rcvd else (1006, CLOSE_CODE_EXPLANATIONS.get(1006))
             genai_errors.APIError.raise_error(code, reason or "", None)
+        data = decode_message(raw)
         try:
-            data = json.loads(raw) if raw else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"Failed to parse response: {raw[:200]!r}") from exc
-        if not isinstance(data, dict):
-            raise TypeError(f"Failed to parse response: {raw[:200]!r}")
-        events, message = wire_events(data)
-        if message is None and want_message:
-            message = sdk_message(data)
+            events, message = wire_events(data)
+            if message is None and want_message:
+                message = sdk_message(data)
+        except genai_errors.APIError:
+            raise  # a server error object: the SDK's own outcome
+        except Exception as exc:  # noqa: BLE001 - the SDK's converter and pydantic raise many types on odd shapes
+            raise ModelProtocolError(
+                f"server message the SDK cannot read ({type(exc).__name__}): {_show(raw)}", reason="bad_message"
+            ) from exc
         return events, message
+
+
+def decode_message(raw: bytes | str) -> dict[str, Any]:
+    """One server frame as a JSON object, or a ModelProtocolError (json.loads raises RecursionError for deep
+    nesting and ValueError for numbers past int()'s digit limit: neither may leave the reader)."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except RecursionError:
+        raise ModelProtocolError(f"server message nested too deeply: {_show(raw)}", reason="too_deep") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an over-long number
+        raise ModelProtocolError(f"server message is not JSON ({exc}): {_show(raw)}", reason="not_json") from None
+    if not isinstance(data, dict):
+        raise ModelProtocolError(f"server message is not a JSON object: {_show(raw)}", reason="not_object")
+    return data
+
+
+def _show(raw: bytes | str) -> str:
+    return repr(raw[:120]) + (f" ... ({len(raw)} bytes)" if len(raw) > 120 else "")
 
 
 def reader_for(session: Any) -> SessionReader | None:

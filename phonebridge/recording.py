@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -50,6 +51,10 @@ FLUSH_INTERVAL_S = 1.0
 MAX_PENDING = 10_000  # ~100 s of a call's records waiting for the writer: past that, drop and count
 KINDS = frozenset({"twilio_in", "twilio_out", "model_connect", "model_in", "model_out", "tool", "end"})
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9_-]")
+# Reading bounds: a recorded line is at most a few hundred KiB (a model_connect config); a call lasts hours, not
+# days. Past these a file is no cassette, and `replay --realtime` would otherwise wait as long as `t` says.
+MAX_LINE_CHARS = 16 * 2**20
+MAX_T_S = 24 * 3600.0
 
 
 class CassetteError(PhonebridgeError, ValueError):
@@ -209,7 +214,7 @@ def encode_record(t: float, kind: str, payload: Any) -> str:
 def _twilio_json(text: Any) -> Any:
     try:
         data = json.loads(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # the bridge records what it got, even "[" * 10000
         return {"raw": text if isinstance(text, str) else repr(text)}
     return data if isinstance(data, dict) else {"raw": text}
 
@@ -234,6 +239,7 @@ class Record:
     t: float
     kind: str
     data: Any
+    line: int = 0  # where it was read (0: not read from a file), for error messages
 
 
 @dataclass(frozen=True)
@@ -251,43 +257,76 @@ class Cassette:
 
 
 def load_cassette(path: str | os.PathLike[str]) -> Cassette:
-    """Read a .jsonl (or .jsonl.gz) cassette; CassetteError names the line that is wrong."""
+    """Read a .jsonl (or .jsonl.gz) cassette; CassetteError names the line that is wrong.
+
+    Checked here, for every reader: one JSON object a line (bounded in length and nesting), a version 1 header,
+    then records whose `t` is a finite number of seconds in [0, MAX_T_S] that never goes back, whose `kind` is
+    known and whose `data` is an object, as the writer makes them. What a replay needs beyond that is checked
+    by phonebridge.replay.check_replayable."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as file:
-            lines = [line for line in file.read().splitlines() if line.strip()]
-    except OSError as exc:
-        raise CassetteError(f"{path}: cannot read: {exc}") from exc
+    lines = _read_lines(path)
     if not lines:
         raise CassetteError(f"{path}: empty file, not a cassette")
-    header = _parse_line(path, 1, lines[0])
+    header = _parse_line(path, lines[0][0], lines[0][1])
     if header.get("cassette") != CASSETTE_VERSION:
-        raise CassetteError(f"{path}: line 1 is not a version {CASSETTE_VERSION} cassette header: {lines[0][:120]}")
+        raise CassetteError(f"{path}: line 1 is not a version {CASSETTE_VERSION} cassette header: {lines[0][1][:120]}")
     records, end = _parse_records(path, lines[1:])
-    return Cassette(str(path), header, tuple(records), end is not None, int((end or {}).get("dropped", 0)))
+    dropped = (end or {}).get("dropped", 0)
+    if type(dropped) is not int or dropped < 0:
+        raise CassetteError(f"{path}: the end line's 'dropped' must be a non-negative integer, got {dropped!r:.40}")
+    return Cassette(str(path), header, tuple(records), end is not None, dropped)
 
 
-def _parse_records(path: Path, lines: Iterable[str]) -> tuple[list[Record], dict[str, Any] | None]:
+def _read_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, text) of each non-blank line; every way a file can fail to be text is a CassetteError."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines: list[tuple[int, str]] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as file:
+            for number, line in enumerate(iter(lambda: file.readline(MAX_LINE_CHARS + 1), ""), start=1):
+                if len(line) > MAX_LINE_CHARS:
+                    raise CassetteError(f"{path}: line {number}: longer than {MAX_LINE_CHARS} characters")
+                if line.strip():
+                    lines.append((number, line.rstrip("\r\n")))
+    except UnicodeDecodeError as exc:
+        raise CassetteError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start} of a block)") from None
+    except (OSError, EOFError, zlib.error) as exc:  # EOFError, zlib.error: a truncated or corrupt .gz
+        raise CassetteError(f"{path}: cannot read: {exc}") from None
+    return lines
+
+
+def _parse_records(path: Path, lines: Iterable[tuple[int, str]]) -> tuple[list[Record], dict[str, Any] | None]:
     records: list[Record] = []
     end: dict[str, Any] | None = None
-    for number, line in enumerate(lines, start=2):
+    last_t = 0.0
+    for number, line in lines:
         item = _parse_line(path, number, line)
-        kind, t = item.get("kind"), item.get("t")
-        if kind not in KINDS or not isinstance(t, (int, float)) or "data" not in item:
-            raise CassetteError(f"{path}: line {number}: expected {{t, kind, data}} with a known kind, got {line[:120]}")
+        kind, t, data = item.get("kind"), item.get("t"), item.get("data")
+        if kind not in KINDS or not isinstance(data, dict):
+            raise CassetteError(f"{path}: line {number}: expected {{t, kind, data}} with a known kind and an "
+                                f"object as data, got {line[:120]}")
+        if type(t) not in (int, float) or not 0.0 <= t <= MAX_T_S:  # also NaN and infinities, and booleans
+            raise CassetteError(f"{path}: line {number}: 't' must be a number of seconds from 0 to {MAX_T_S:.0f}, "
+                                f"got {str(t)[:40]}")
+        if t < last_t:
+            raise CassetteError(f"{path}: line {number}: 't' goes back in time ({t} after {last_t})")
+        last_t = float(t)
+        if end is not None:
+            raise CassetteError(f"{path}: line {number}: a record after the end line")
         if kind == "end":
-            end = item["data"] if isinstance(item["data"], dict) else {}
+            end = data
         else:
-            records.append(Record(float(t), str(kind), item["data"]))
+            records.append(Record(float(t), str(kind), data, number))
     return records, end
 
 
 def _parse_line(path: Path, number: int, line: str) -> dict[str, Any]:
     try:
         item = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise CassetteError(f"{path}: line {number}: not JSON ({exc})") from exc
+    except RecursionError:
+        raise CassetteError(f"{path}: line {number}: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or a number past int()'s digit limit
+        raise CassetteError(f"{path}: line {number}: not JSON ({str(exc)[:120]})") from None
     if not isinstance(item, dict):
         raise CassetteError(f"{path}: line {number}: not a JSON object")
     return item

@@ -16,9 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from phonebridge.recording import Cassette, decode_bytes
+from phonebridge.recording import Cassette, CassetteError, decode_bytes
 
 MAX_DIVERGENCES = 5  # a readable diff shows the first few; the rest usually follow from them
+DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,94 @@ def _show_twilio(item: tuple[str, Any]) -> str:
     return kind if value is None else f"{kind} {value}"
 
 
+# -- what a replay reads, checked before anything runs ---------------------------------------------------------
+
+
+def check_replayable(cassette: Cassette) -> None:
+    """Raise CassetteError naming the line of the first record a replay could not use (load_cassette already
+    checked the file's shape): every field the comparison, the driver and the rebuilt agent read has its type,
+    bytes are base64, and recorded server messages and tool declarations validate as the SDK's types."""
+    header_sid = cassette.header.get("call_sid")
+    if header_sid is not None and (not isinstance(header_sid, str) or len(header_sid) > 64):
+        raise CassetteError(f"{cassette.path}: line 1: 'call_sid' must be a string of at most 64 characters")
+    for record in cassette.records:
+        try:
+            _CHECKS.get(record.kind, _no_check)(record.data)
+        except (CassetteError, TypeError, ValueError) as exc:  # ValueError: pydantic's ValidationError
+            problem = " ".join(str(exc).split())[:200]
+            raise CassetteError(f"{cassette.path}: line {record.line}: {record.kind} record: {problem}") from None
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"'{where}' must be an object, got {type(value).__name__}")
+    return value
+
+
+def _base64(value: Any, where: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"'{where}' must be a base64 string, got {type(value).__name__}")
+    decode_bytes(value)
+
+
+def _check_twilio(data: dict[str, Any]) -> None:
+    event = data.get("event")
+    if event == "media":
+        _base64(_object(data.get("media"), "media").get("payload", ""), "media.payload")
+    elif event == "mark":
+        _object(data.get("mark"), "mark")
+    elif event == "dtmf" and _object(data.get("dtmf"), "dtmf").get("digit") not in DTMF_DIGITS:
+        raise ValueError(f"'dtmf.digit' must be one of 0-9 * # A-D, got {data['dtmf'].get('digit')!r:.20}")
+
+
+def _check_model_out(data: dict[str, Any]) -> None:
+    body = _object(data.get("realtime_input") or {}, "realtime_input")
+    if "audio" in body:
+        _base64(_object(body["audio"], "realtime_input.audio").get("data", ""), "realtime_input.audio.data")
+    if "tool_response" in data:
+        responses = _object(data["tool_response"], "tool_response").get("function_responses") or []
+        if not isinstance(responses, list):
+            raise TypeError("'tool_response.function_responses' must be an array")
+
+
+def _check_model_in(data: dict[str, Any]) -> None:
+    from google.genai import types
+
+    types.LiveServerMessage.model_validate(data)
+
+
+def _check_tool(data: dict[str, Any]) -> None:
+    if not isinstance(data.get("name"), str) or not isinstance(data.get("status"), (str, type(None))):
+        raise TypeError("'name' must be a string and 'status' a string")
+    if not isinstance(data.get("response"), (dict, type(None))) or not isinstance(data.get("args"), (dict, type(None))):
+        raise TypeError("'args' and 'response' must be objects")
+
+
+def _check_model_connect(data: dict[str, Any]) -> None:
+    from google.genai import types
+
+    config = _object(data.get("config", {}), "config")
+    for part in _array(_object(config.get("system_instruction") or {}, "config.system_instruction").get("parts")):
+        _object(part, "config.system_instruction.parts[]")
+    for tool in _array(config.get("tools")):
+        for declared in _array(_object(tool, "config.tools[]").get("function_declarations")):
+            types.FunctionDeclaration.model_validate(declared)
+
+
+def _array(value: Any) -> list[Any]:
+    if not isinstance(value, (list, type(None))):
+        raise TypeError(f"expected an array, got {type(value).__name__}")
+    return value or []
+
+
+def _no_check(data: dict[str, Any]) -> None:
+    return None
+
+
+_CHECKS = {"twilio_in": _check_twilio, "twilio_out": _check_twilio, "model_out": _check_model_out,
+           "model_in": _check_model_in, "tool": _check_tool, "model_connect": _check_model_connect}
+
+
 # -- the command line ---------------------------------------------------------------------------------------
 
 
@@ -157,8 +246,15 @@ def add_parser(sub: Any) -> None:
     replay.add_argument("--agent", default=None, help="agent file or module (default: the recorded tool results)")
     replay.add_argument("--recorded-tools", action="store_true", help="answer tool calls with the recorded results")
     replay.add_argument("--realtime", action="store_true", help="replay at the recorded pace instead of flat out")
-    replay.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the bridge at each step")
+    replay.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the bridge at each step")
     replay.set_defaults(run=run_replay)
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 3600:  # NaN too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text!r}")
+    return value
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -168,10 +264,16 @@ def run_replay(args: argparse.Namespace) -> int:
     agent = load_agent(args.agent) if args.agent else None
     failed = 0
     for path in args.cassettes:
-        result = asyncio.run(replay_cassette(
-            path, agent, recorded_tools=args.recorded_tools, speed=1.0 if args.realtime else math.inf,
-            step_timeout_s=args.timeout,
-        ))
+        try:
+            result = asyncio.run(replay_cassette(
+                path, agent, recorded_tools=args.recorded_tools, speed=1.0 if args.realtime else math.inf,
+                step_timeout_s=args.timeout,
+            ))
+        except CassetteError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+            # check_replayable should have refused the file: still one line (main prints it), not a traceback.
+            raise CassetteError(f"{path}: cannot replay this cassette ({type(exc).__name__}: {exc})") from exc
         print(result.diff)
         failed += not result.ok
     if len(args.cassettes) > 1:

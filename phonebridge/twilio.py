@@ -10,7 +10,11 @@ Decision on unknown events: they are *returned* as :class:`Unknown`, never raise
 event type never breaks a live call. The caller logs and counts them, and otherwise ignores them.
 
 Numbers arrive as strings except ``mediaFormat.sampleRate``/``channels`` (JSON numbers): both forms are
-accepted everywhere, and anything but a non-negative integer is refused.
+accepted everywhere, and anything but a non-negative integer below 2**63 is refused.
+
+Hostile input is bounded before it costs anything: the message size first, then JSON nesting and number
+lengths (json.loads raises RecursionError and ValueError for those: both become protocol errors), then the
+media payload's size before its base64 is decoded.
 """
 
 from __future__ import annotations
@@ -28,6 +32,11 @@ FRAME_BYTES = 160  # 20 ms of 8 kHz mu-law: the unit of marks and barge-in
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024
 _MAX_DIGITS = 19  # fits in int64; longer is no Twilio counter, and int() never sees attacker-sized strings
+_MAX_INTEGER = 2**63 - 1  # the same bound for JSON numbers
+# Twilio sends 160 bytes (20 ms) a frame; 4096 bytes (0.5 s) leaves room for any sane peer. Bigger frames would
+# let one call grow the inbound path's memory by the message limit per frame: they are refused (and counted).
+MAX_MEDIA_PAYLOAD_BYTES = 4096
+_MAX_PAYLOAD_CHARS = 4 * -(-MAX_MEDIA_PAYLOAD_BYTES // 3)  # its base64 length, checked before decoding
 _DTMF_DIGITS = frozenset("0123456789*#ABCD")
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -110,8 +119,10 @@ TwilioEvent: TypeAlias = Connected | Start | Media | Dtmf | Mark | Stop | Unknow
 def parse_event(text: str | bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> TwilioEvent:
     """Parse one Media Streams message into an event, or raise ``TwilioProtocolError`` with a ``reason``.
 
-    Reasons: ``too_large``, ``not_json``, ``not_object``, ``missing_field``, ``bad_type``, ``bad_value``,
-    ``bad_base64``, ``unsupported_format``. The size of a ``str`` is measured in characters (the protocol
+    Reasons: ``too_large`` (the message, or a media payload over ``MAX_MEDIA_PAYLOAD_BYTES``), ``not_json``,
+    ``too_deep`` (nesting past the interpreter's recursion limit), ``not_object``, ``missing_field``,
+    ``bad_type``, ``bad_value`` (also a JSON number too long to convert), ``bad_base64``,
+    ``unsupported_format``. The size of a ``str`` is measured in characters (the protocol
     is ASCII, so that equals its bytes) to keep the hot path free of an encode.
     """
     if len(text) > max_message_bytes:
@@ -126,6 +137,10 @@ def parse_event(text: str | bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSA
         raise TwilioProtocolError(
             f"message is not valid JSON: {exc.msg} at char {exc.pos}", reason="not_json"
         ) from None
+    except RecursionError:  # e.g. "[" * 10000: the C decoder refuses at the recursion limit
+        raise TwilioProtocolError("message is nested too deeply", reason="too_deep") from None
+    except ValueError as exc:  # a number longer than int()'s digit limit (4300 digits by default)
+        raise TwilioProtocolError(f"message has a number too long to read ({exc})", reason="bad_value") from None
     if type(msg) is not dict:
         raise TwilioProtocolError(f"message is a JSON {_json_type(msg)}, not an object", reason="not_object")
     event = msg.get("event")
@@ -143,6 +158,10 @@ def _parse_media(msg: dict[str, Any]) -> Media:
     # The hot path (50 a second per call): about 4 us in all on this machine, 1.6 us of it json.loads.
     media = _object(msg, "media", "media")
     payload = _string(media, "payload", "media", "media.")
+    if len(payload) > _MAX_PAYLOAD_CHARS:
+        limit = MAX_MEDIA_PAYLOAD_BYTES
+        _fail("media", f"field 'media.payload' of {len(payload)} base64 characters exceeds the {limit}-byte limit",
+              "too_large")
     try:
         decoded = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII characters in the str
@@ -164,10 +183,7 @@ def _parse_connected(msg: dict[str, Any]) -> Connected:
 def _parse_start(msg: dict[str, Any]) -> Start:
     ev = "start"
     start = _object(msg, "start", ev)
-    stream_sid = _sid(msg, "streamSid", ev)
-    inner_sid = start.get("streamSid", stream_sid)
-    if inner_sid != stream_sid:
-        _fail(ev, f"field 'start.streamSid' {inner_sid!r} differs from 'streamSid' {stream_sid!r}", "bad_value")
+    stream_sid = _start_stream_sid(msg, start)
     fmt = _object(start, "mediaFormat", ev, "start.")
     encoding = _string(fmt, "encoding", ev, "start.mediaFormat.")
     sample_rate = _integer(fmt, "sampleRate", ev, "start.mediaFormat.")
@@ -186,6 +202,17 @@ def _parse_start(msg: dict[str, Any]) -> Start:
         sample_rate=sample_rate,
         channels=channels,
     )
+
+
+def _start_stream_sid(msg: dict[str, Any], start: dict[str, Any]) -> str:
+    # Peers (pipecat, OpenAI's Twilio demo) read start.streamSid: either copy will do, and both must agree.
+    if "streamSid" not in msg:
+        return _sid(start, "streamSid", "start", "start.")
+    stream_sid = _sid(msg, "streamSid", "start")
+    inner_sid = start.get("streamSid", stream_sid)
+    if inner_sid != stream_sid:
+        _fail("start", f"field 'start.streamSid' {inner_sid!r} differs from 'streamSid' {stream_sid!r}", "bad_value")
+    return stream_sid
 
 
 def _tracks(start: dict[str, Any]) -> tuple[str, ...]:
@@ -295,11 +322,12 @@ def _integer(obj: dict[str, Any], key: str, event: str, where: str = "") -> int:
         if 0 < len(value) <= _MAX_DIGITS and value.isascii() and value.isdigit():
             return int(value)
     elif type(value) is int:
-        if value >= 0:
+        if 0 <= value <= _MAX_INTEGER:
             return value
     else:
         _fail(event, f"field '{name}' must be a number or a string of digits, got {_json_type(value)}", "bad_type")
-    _fail(event, f"field '{name}' must be a non-negative integer, got {value!r}", "bad_value")
+    shown = repr(value) if len(str(value)) <= 40 else f"{str(value)[:20]}... ({len(str(value))} characters)"
+    _fail(event, f"field '{name}' must be a non-negative integer, got {shown}", "bad_value")
 
 
 def media_message(stream_sid: str, ulaw: bytes) -> str:

@@ -96,11 +96,47 @@ FRAME_MAKERS = {"start": start_frame, "media": media_frame, "dtmf": dtmf_frame, 
 
 # -- strategies -----------------------------------------------------------------------------------------
 
+# Integers and digit strings around every bound the parser has (int64, its 19-digit strings) and far past it.
+huge_integers = st.one_of(
+    st.integers(-(2**70), 2**70), st.integers(2**63 - 2, 2**63 + 2), st.integers(10**18, 10**400),
+    st.integers(1, 4000).map(lambda n: 10**n),  # json.dumps writes up to int()'s 4300-digit limit
+)
+digit_strings = st.text(alphabet="0123456789", min_size=15, max_size=25) | st.integers(20, 6000).map(lambda n: "7" * n)
+
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
+    st.none() | st.booleans() | huge_integers | st.floats(allow_nan=False) | st.text(max_size=20) | digit_strings,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
     max_leaves=12,
 )
+
+
+@st.composite
+def hostile_fragments(draw: st.DrawFn) -> str:
+    """JSON text that json.dumps cannot produce from a value: nesting past the recursion limit (closed or not),
+    and numbers past int()'s digit limit. Each one once escaped the parser as RecursionError or ValueError."""
+    kind = draw(st.sampled_from(["array", "object", "mixed", "number", "negative", "fraction"]))
+    if kind in ("number", "negative", "fraction"):
+        digits = "1" * draw(st.integers(4_000, 20_000))
+        return {"number": digits, "negative": "-" + digits, "fraction": "1." + digits}[kind]
+    depth = draw(st.integers(500, 12_000))
+    opener = {"array": "[", "object": '{"a":', "mixed": '[{"a":'}[kind]
+    closer = {"array": "]", "object": "}", "mixed": "}]"}[kind]
+    return opener * depth + ("0" + closer * depth if draw(st.booleans()) else "")
+
+
+_SLOT = "\x00hostile\x00"
+
+
+@st.composite
+def frames_with_hostile_fields(draw: st.DrawFn) -> str:
+    """A real frame with one field (at any depth) replaced by a hostile fragment, as text."""
+    frame = FRAME_MAKERS[draw(st.sampled_from(sorted(FRAME_MAKERS)))]()
+    path = draw(st.sampled_from(_paths(frame)))
+    parent = frame
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = _SLOT
+    return json.dumps(frame).replace(json.dumps(_SLOT), draw(hostile_fragments()))
 
 
 def _paths(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -133,27 +169,34 @@ def mutated_frames(draw: st.DrawFn) -> dict[str, Any]:
 
 texts = st.text(max_size=200) | st.binary(max_size=100).map(lambda b: b.decode("latin-1"))
 any_json_text = json_values.map(json.dumps)
-frame_texts = st.one_of(texts, any_json_text, mutated_frames().map(json.dumps), st.sampled_from(
+hostile_texts = hostile_fragments() | frames_with_hostile_fields()
+frame_texts = st.one_of(texts, any_json_text, mutated_frames().map(json.dumps), hostile_texts, st.sampled_from(
     [json.dumps(CONNECTED), json.dumps(start_frame()), json.dumps(media_frame()), json.dumps(stop_frame()),
      json.dumps({"event": "future-event", "streamSid": OWN_SID})]
 ))
 
 # -- the pure parser ------------------------------------------------------------------------------------
 
-REASONS = {"too_large", "not_json", "not_object", "missing_field", "bad_type", "bad_value", "bad_base64",
-           "unsupported_format"}
+REASONS = {"too_large", "not_json", "too_deep", "not_object", "missing_field", "bad_type", "bad_value",
+           "bad_base64", "unsupported_format"}
+INTEGER_FIELDS = ("sequence_number", "chunk", "timestamp", "sample_rate", "channels")
 
 
-@given(st.one_of(texts, any_json_text, mutated_frames().map(json.dumps)))
+@given(st.one_of(texts, any_json_text, mutated_frames().map(json.dumps), hostile_texts))
 @settings(max_examples=400, deadline=None)
 def test_parser_returns_an_event_or_a_tagged_protocol_error_for_any_input(text: str) -> None:
     try:
         event = twilio.parse_event(text)
     except TwilioProtocolError as exc:
         assert exc.reason in REASONS
+        assert len(str(exc)) < 300  # one readable log line, whatever the input's size
         return
     assert isinstance(event, (twilio.Connected, twilio.Start, twilio.Media, twilio.Dtmf, twilio.Mark,
                               twilio.Stop, twilio.Unknown))
+    for name in INTEGER_FIELDS:  # counters fit in int64, however large the number on the wire
+        assert 0 <= getattr(event, name, 0) < 2**63
+    if isinstance(event, twilio.Media):
+        assert len(event.payload) <= twilio.MAX_MEDIA_PAYLOAD_BYTES
 
 
 @given(st.binary(max_size=300))
@@ -406,6 +449,24 @@ async def test_huge_messages_one_dropped_by_the_parser_one_closing_the_socket_an
     assert by_sid[bystander.call_sid].malformed == 0 and by_sid[bystander.call_sid].outcome == "caller_hung_up"
     assert not any(c.open for c in h.emulator.connections)
     h.emulator.check()
+
+
+async def test_48_kb_media_frames_are_counted_as_malformed_and_never_reach_the_model():
+    async with BridgeHarness(make_agent(), qa_script()) as h:
+        async with h.caller(continuous=False) as caller:
+            await caller.wait_heard(0.5)
+            frames_before = len(h.emulator.connections[0].received)
+            big = media_frame(caller.stream_sid, seq=10_000, payload=b"\xff" * 48_000)
+            assert len(json.dumps(big)) < twilio.DEFAULT_MAX_MESSAGE_BYTES  # within the message limit
+            for _ in range(3):
+                await caller.send_raw(big)
+            await caller.press("7")  # processed after the three frames: they have been judged by then
+            await h.emulator.wait_for(lambda: "The caller pressed 7 on the keypad." in h.emulator.connections[0].texts())
+            audio_sent = sum(r.kind == "audio" for r in h.emulator.connections[0].received[frames_before:])
+        await h.wait_idle()
+    stats = h.runtime.finished[-1]
+    assert stats.malformed == 3 and stats.dtmf == ["7"] and stats.outcome == "caller_hung_up"
+    assert audio_sent == 0  # not one byte of the oversized frames went to the model
 
 
 async def test_a_flood_of_garbage_is_counted_logged_sparingly_and_costs_the_bystander_nothing(caplog):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
@@ -18,7 +21,8 @@ from phonebridge.app import NO_COMPRESSION
 from phonebridge.model import AUDIO_MIME, LiveLink, audio_message
 from phonebridge.model_events import AudioOut, OutputText, TurnComplete, translate
 from phonebridge.model_events import GoAway as GoAwayEvent
-from phonebridge.model_wire import audio_events, reader_for, sdk_message, wire_events
+from phonebridge.errors import ModelProtocolError
+from phonebridge.model_wire import SessionReader, audio_events, reader_for, sdk_message, wire_events
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (
     CallTools, GoAway, Hear, Say, Script, ToolCallSpec, Usage, WaitForText,
@@ -153,3 +157,162 @@ async def test_live_link_hears_the_same_events_through_the_direct_reader_and_the
     direct, through_sdk = await _link_events(True), await _link_events(False)
     assert direct == through_sdk
     assert sum(isinstance(e, AudioOut) for e in direct) > 10
+
+
+# -- hostile and odd messages: the fast path takes only what the SDK reads the same way ------------------
+
+PCM = bytes(range(256)) * 2
+STD, URL = base64.b64encode(PCM).decode(), base64.urlsafe_b64encode(PCM).decode()
+
+odd_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.integers(1, 4000).map(lambda n: 10**n)
+    | st.floats(allow_nan=False) | st.text(max_size=10) | st.sampled_from(["7" * 5000, STD, URL, "audio/pcm"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+field_names = st.sampled_from([
+    "serverContent", "modelTurn", "parts", "role", "inlineData", "data", "mimeType", "text", "finished",
+    "outputTranscription", "inputTranscription", "interrupted", "turnComplete", "usageMetadata", "thought",
+    "displayName", "someFutureField",
+]) | st.text(min_size=1, max_size=8)
+
+
+def _deep(depth: int) -> object:
+    value: object = 0
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@st.composite
+def audio_messages(draw: st.DrawFn) -> dict:
+    """The model's audio message, with up to three fields added or replaced anywhere (extra fields, other types,
+    both base64 alphabets at once, missing padding, deep nesting, huge numbers)."""
+    parts = [{"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": draw(st.sampled_from(
+        [STD, URL, STD[:100] + URL[100:], STD.rstrip("="), " " + STD]))}} for _ in range(draw(st.integers(1, 3)))]
+    content: dict = {"modelTurn": {"parts": parts, **({"role": "model"} if draw(st.booleans()) else {})}}
+    if draw(st.booleans()):
+        content["outputTranscription"] = {"text": draw(st.text(max_size=5)), "finished": draw(st.booleans())}
+    message = {"serverContent": content}
+    for _ in range(draw(st.integers(0, 3))):
+        dicts = [message]
+        for item in dicts:
+            dicts.extend(v for value in item.values() for v in (value if isinstance(value, list) else [value])
+                         if isinstance(v, dict))
+        target = draw(st.sampled_from(dicts))
+        value = draw(odd_values | st.integers(10, 700).map(_deep))  # json.dumps must still write it
+        target[draw(field_names | st.sampled_from(sorted(target)) if target else field_names)] = value
+    return message
+
+
+def _sdk_events(message: dict) -> object:
+    try:
+        return translate(sdk_message(message))
+    except Exception as exc:  # noqa: BLE001 - the SDK's outcome, compared with ours
+        return type(exc)
+
+
+@given(audio_messages())
+@settings(max_examples=200, deadline=None)
+def test_the_fast_path_gives_the_sdks_events_or_leaves_the_message_to_the_sdk(message: dict) -> None:
+    fast = audio_events(message)
+    if fast is not None:
+        assert fast == _sdk_events(message)  # and so the SDK would not have refused it either
+    events = _sdk_events(message)
+    if isinstance(events, list):
+        assert wire_events(message)[0] == events
+
+
+def test_extra_or_mistyped_fields_leave_the_fast_path_for_the_sdks():
+    def audio(**extra: object) -> dict:
+        return {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": STD}}], **extra}}}
+
+    mixed = {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": STD[:100] + URL[100:]}}]}}}
+    odd_finished = {"serverContent": {**audio()["serverContent"], "outputTranscription": {"text": "a", "finished": [1]}}}
+    for message in (audio(role=5), audio(role="model", extra=1), mixed, odd_finished):
+        assert audio_events(message) is None
+    assert wire_events(audio(role="model", extra=1))[0] == [AudioOut(PCM)]  # what the SDK makes of it
+
+
+class FakeSocket:
+    """The far end of the model's socket, as far as SessionReader reads it: frames handed over in order."""
+
+    def __init__(self, *frames: bytes) -> None:
+        self.frames = list(frames)
+
+    async def recv(self, decode: bool = False) -> bytes:
+        return self.frames.pop(0)
+
+
+HOSTILE_MODEL_FRAMES = {
+    "open_brackets": (b"[" * 10_000, "too_deep"),
+    "objects_5000_deep": (b'{"a":' * 5_000 + b"1" + b"}" * 5_000, "too_deep"),
+    "deep_inside_audio": (b'{"x":' + b"[" * 3000 + b"]" * 3000 + b',"serverContent":{"modelTurn":{"parts":'
+                          + json.dumps([{"inlineData": {"data": STD}}]).encode() + b"}}}", "too_deep"),
+    "number_5000_digits": (b'{"usageMetadata":{"totalTokenCount":' + b"1" * 5000 + b"}}", "not_json"),
+    "not_utf8": (b'{"serverContent":"\xff\xfe"}', "not_json"),
+    "truncated": (b'{"serverContent":{"modelTurn":', "not_json"),
+    "array": (b"[1, 2]", "not_object"),
+    "string": (b'"hello"', "not_object"),
+    "wrong_types": (b'{"serverContent":{"modelTurn":"x"}}', "bad_message"),
+    "deep_args_the_sdk_refuses": (b'{"toolCall":{"functionCalls":"x"}}', "bad_message"),
+    "huge_integer_in_usage": (b'{"usageMetadata":{"totalTokenCount":' + b"9" * 4000 + b"}}", None),
+}
+
+
+@pytest.mark.parametrize(("frame", "reason"), HOSTILE_MODEL_FRAMES.values(), ids=HOSTILE_MODEL_FRAMES.keys())
+async def test_the_direct_reader_turns_every_frame_into_events_or_a_tagged_model_protocol_error(frame, reason):
+    reader = SessionReader(FakeSocket(frame))
+    if reason is None:  # the SDK reads it: so does the reader, with the same events
+        events, _ = await reader.next()
+        assert events == _sdk_events(json.loads(frame))
+        return
+    with pytest.raises(ModelProtocolError) as raised:
+        await reader.next(want_message=True)
+    assert raised.value.reason == reason
+    assert len(str(raised.value)) < 400  # one log line, not the frame
+
+
+@given(st.binary(max_size=200) | odd_values.map(lambda v: json.dumps(v).encode())
+       | audio_messages().map(lambda m: json.dumps(m).encode())
+       | st.integers(500, 6000).map(lambda n: b"[" * n) | st.integers(4300, 6000).map(lambda n: b"1" * n))
+@settings(max_examples=300, deadline=None)
+def test_the_direct_reader_raises_nothing_but_its_own_errors(frame: bytes) -> None:
+    try:
+        events, message = asyncio.run(SessionReader(FakeSocket(frame)).next(want_message=True))
+    except (ModelProtocolError, genai_errors.APIError):
+        return
+    assert isinstance(events, list) and isinstance(message, types.LiveServerMessage)
+
+
+async def test_audio_with_extra_fields_reaches_the_call_as_the_sdk_would_give_it():
+    """The emulator sends audio messages the fast path must not take; the link hears the same either way."""
+    part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": STD}}
+    odd = [{"serverContent": {"modelTurn": {"parts": [part], "role": "model", "futureField": 1}}},
+           {"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": STD}}]},
+                              "outputTranscription": {"text": "hi"}, "turnComplete": True}}]
+    heard = []
+    for fast in (True, False):
+        events: list = []
+        done = asyncio.Event()
+
+        async def sink(event: object) -> None:
+            events.append(event)
+            if isinstance(event, TurnComplete):
+                done.set()
+
+        async with LiveEmulator(Script([WaitForText(timeout_s=5)]), speed=math.inf) as emu:
+            client = genai.Client(api_key="test", http_options=emu.http_options())
+            link = LiveLink(client, Agent(instructions="Test."), [], sink, fast_audio=fast,
+                            logger=logging.LoggerAdapter(logging.getLogger("test"), {}))
+            runner = asyncio.create_task(link.run())
+            await asyncio.wait_for(link.ready.wait(), 10)
+            for message in odd:
+                await emu.connections[0].send_raw(message)
+            await asyncio.wait_for(done.wait(), 10)
+            await link.close()
+            await asyncio.wait_for(runner, 10)
+        heard.append(events)
+    assert heard[0] == heard[1]
+    assert [e for e in heard[0] if isinstance(e, (AudioOut, OutputText, TurnComplete))] == [
+        AudioOut(PCM), AudioOut(PCM), OutputText("hi"), TurnComplete()]

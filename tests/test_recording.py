@@ -150,3 +150,23 @@ def test_load_cassette_names_the_bad_line(tmp_path):
     path.write_text('{"cassette": 99}\n')
     with pytest.raises(CassetteError, match="version 1"):
         load_cassette(path)
+
+
+def test_a_twilio_frame_nested_past_the_recursion_limit_is_recorded_raw_and_reads_back():
+    frame = "[" * 10_000  # the bridge records a frame before parsing it: the writer must not choke on it
+    line = encode_record(0.5, "twilio_in", frame)
+    assert json.loads(line) == {"t": 0.5, "kind": "twilio_in", "data": {"raw": frame}}
+    long_number = '{"event":"media","sequenceNumber":' + "1" * 5000 + "}"
+    assert json.loads(encode_record(0.6, "twilio_in", long_number))["data"] == {"raw": long_number}
+
+
+def test_records_remember_their_line_and_t_never_goes_back(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text('{"cassette":1}\n\n{"t":0.0,"kind":"tool","data":{}}\n{"t":0.0,"kind":"tool","data":{}}\n'
+                    '{"t":2,"kind":"end","data":{"records":2,"dropped":0}}\n')
+    cassette = load_cassette(path)
+    assert [(r.t, r.line) for r in cassette.records] == [(0.0, 3), (0.0, 4)]
+    assert cassette.complete and cassette.dropped == 0
+    path.write_text('{"cassette":1}\n{"t":1.0,"kind":"tool","data":{}}\n{"t":0.5,"kind":"tool","data":{}}\n')
+    with pytest.raises(CassetteError, match=r"line 3: 't' goes back in time \(0.5 after 1.0\)$"):
+        load_cassette(path)

@@ -3,7 +3,11 @@ must not, and the diff must say where."""
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +127,149 @@ async def test_the_demo_call_replays_from_the_cassette_it_wrote(tmp_path):
     result = await replay_cassette(cassette, load_agent(DEFAULT_AGENT))
     assert result.ok, result.diff
     assert [t["name"] for t in result.expected.tools] == ["get_menu", "order_status", "end_call"]
+
+
+# -- hostile cassettes: one clear line and exit 2, never a traceback or a hang -------------------------------
+
+SOURCE = CASSETTES / "tool_call.jsonl"
+
+
+def _lines() -> list[str]:
+    return SOURCE.read_text().splitlines()
+
+
+def _index(kind: str, event: str | None = None) -> int:
+    return next(i for i, line in enumerate(_lines()) if (r := json.loads(line)).get("kind") == kind
+                and (event is None or r["data"].get("event") == event))
+
+
+def _changed(index: int, change) -> str:
+    out = _lines()
+    record = json.loads(out[index])
+    change(record)
+    out[index] = json.dumps(record)
+    return "\n".join(out) + "\n"
+
+
+def _set(key: str, value: object):
+    return lambda record: record.__setitem__(key, value)
+
+
+def _set_in(path: tuple[str, ...], value: object):
+    def change(record: dict) -> None:
+        for key in path[:-1]:
+            record = record[key]
+        record[path[-1]] = value
+    return change
+
+
+def _file(content: str | bytes, name: str = "c.jsonl"):
+    def write(directory: Path) -> Path:
+        path = directory / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        return path
+    return write
+
+
+def _directory(directory: Path) -> Path:
+    (directory / "dir.jsonl").mkdir()
+    return directory / "dir.jsonl"
+
+
+def _header_plus(*records: str) -> str:
+    return "\n".join([_lines()[0], *records]) + "\n"
+
+
+# name -> (how to write it, what the one line must say)
+HOSTILE_CASSETTES = {
+    "empty_file": (_file(""), "empty file, not a cassette"),
+    "blank_lines_only": (_file("\n  \n\n"), "empty file, not a cassette"),
+    "directory": (_directory, "cannot read: [Errno 21] Is a directory"),
+    "missing_file": (lambda d: d / "nope.jsonl", "cannot read: [Errno 2] No such file or directory"),
+    "binary_garbage": (_file(bytes(range(256)) * 40), "not UTF-8 text"),
+    "not_gzip": (_file(b"not gzip at all", "c.jsonl.gz"), "cannot read: Not a gzipped file"),
+    "truncated_gzip": (_file(gzip.compress(SOURCE.read_bytes())[:300], "c.jsonl.gz"),
+                       "cannot read: Compressed file ended before the end-of-stream marker was reached"),
+    "header_not_json": (_file("hello\n"), "line 1: not JSON (Expecting value"),
+    "header_an_array": (_file("[1, 2]\n"), "line 1: not a JSON object"),
+    "wrong_version": (_file('{"cassette": 99}\n'), "line 1 is not a version 1 cassette header"),
+    "truncated_json_line": (_file("\n".join(_lines()[:5]) + "\n" + _lines()[5][:40] + "\n"),
+                            "line 6: not JSON (Unterminated string"),
+    "deep_nesting": (_file(_header_plus("[" * 100_000)), "line 2: nested too deeply"),
+    "number_5000_digits": (_file(_header_plus('{"t":' + "1" * 5000 + ',"kind":"tool","data":{}}')),
+                           "line 2: not JSON (Exceeds the limit (4300 digits)"),
+    "huge_line": (_file(_header_plus('{"t":0.1,"kind":"tool","data":{"pad":"' + "x" * (17 * 2**20) + '"}}')),
+                  "line 2: longer than 16777216 characters"),
+    "t_nan": (_file(_changed(1, _set("t", float("nan")))), "line 2: 't' must be a number of seconds from 0 to 86400, got nan"),
+    "t_infinity": (_file(_header_plus('{"t":Infinity,"kind":"twilio_in","data":{}}')), "got inf"),
+    "t_1e308": (_file(_changed(3, _set("t", 1e308))), "line 4: 't' must be a number of seconds from 0 to 86400, got 1e+308"),
+    "t_negative": (_file(_changed(2, _set("t", -5.0))), "line 3: 't' must be a number of seconds"),
+    "t_a_string": (_file(_changed(2, _set("t", "0.5"))), "line 3: 't' must be a number of seconds"),
+    "t_a_boolean": (_file(_changed(2, _set("t", True))), "line 3: 't' must be a number of seconds"),
+    "non_monotonic": (_file(_changed(_index("model_in") + 3, _set("t", 0.001))), "'t' goes back in time (0.001 after "),
+    "unknown_kind": (_file(_changed(2, _set("kind", "telepathy"))), "line 3: expected {t, kind, data} with a known kind"),
+    "data_missing": (_file(_changed(2, lambda r: r.pop("data"))), "line 3: expected {t, kind, data}"),
+    "data_a_string": (_file(_changed(_index("model_in"), _set("data", "hello"))), "and an object as data"),
+    "record_after_end": (_file(SOURCE.read_text() + '{"t":99.0,"kind":"tool","data":{}}\n'), "a record after the end line"),
+    "end_dropped_not_a_number": (_file("\n".join(_lines()[:-1]) + '\n{"t":9.0,"kind":"end","data":{"dropped":"x"}}\n'),
+                                 "the end line's 'dropped' must be a non-negative integer, got 'x'"),
+    "call_sid_not_a_string": (_file(_changed(0, _set("call_sid", ["CA1"]))), "line 1: 'call_sid' must be a string"),
+    "model_in_wrong_shape": (_file(_changed(_index("model_in"), _set("data", {"server_content": "x"}))),
+                             "model_in record: 1 validation error for LiveServerMessage"),
+    "twilio_in_bad_base64": (_file(_changed(_index("twilio_in", "media"), _set_in(("data", "media", "payload"), "@@@"))),
+                             "twilio_in record: not base64: '@@@'"),
+    "twilio_in_media_a_number": (_file(_changed(_index("twilio_in", "media"), _set_in(("data", "media"), 5))),
+                                 "twilio_in record: 'media' must be an object, got int"),
+    "twilio_out_bad_base64": (_file(_changed(_index("twilio_out", "media"), _set_in(("data", "media", "payload"), "%%"))),
+                              "twilio_out record: not base64: '%%'"),
+    "dtmf_digit_invalid": (_file(_changed(_index("twilio_in", "media"), _set("data", {"event": "dtmf", "dtmf": {"digit": "12"}}))),
+                           "twilio_in record: 'dtmf.digit' must be one of 0-9 * # A-D, got '12'"),
+    "model_out_audio_a_number": (_file(_changed(_index("model_out"), _set("data", {"realtime_input": {"audio": {"data": 5}}}))),
+                                 "model_out record: 'realtime_input.audio.data' must be a base64 string, got int"),
+    "tool_response_a_string": (_file(_changed(_index("model_out"), _set("data", {"tool_response": "x"}))),
+                               "model_out record: 'tool_response' must be an object, got str"),
+    "tool_without_name": (_file(_changed(_index("tool"), _set("data", {"pad": 1}))), "tool record: 'name' must be a string"),
+    "config_a_string": (_file(_changed(_index("model_connect"), _set_in(("data", "config"), "x"))),
+                        "model_connect record: 'config' must be an object, got str"),
+    "tool_declaration_invalid": (_file(_changed(_index("model_connect"), _set_in(
+        ("data", "config", "tools"), [{"function_declarations": [{"name": 5, "parameters": "x"}]}]))),
+        "model_connect record: 2 validation errors for FunctionDeclaration"),
+}
+
+
+@pytest.mark.parametrize(("write", "says"), HOSTILE_CASSETTES.values(), ids=HOSTILE_CASSETTES.keys())
+def test_a_hostile_cassette_is_one_clear_line_and_exit_2(tmp_path, capsys, write, says):
+    path = write(tmp_path)
+    assert main(["replay", str(path), "--realtime", "--timeout", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"phonebridge: {path}: ") and err.endswith("\n") and err.count("\n") == 1, err[:300]
+    assert says in err, err[:300]
+    assert len(err) < 400
+
+
+def test_an_unreadable_cassette_is_one_clear_line(tmp_path, capsys):
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file")
+    path = tmp_path / "secret.jsonl"
+    path.write_text(SOURCE.read_text())
+    path.chmod(0)
+    assert main(["replay", str(path)]) == 2
+    assert capsys.readouterr().err.startswith(f"phonebridge: {path}: cannot read: [Errno 13] Permission denied")
+
+
+@pytest.mark.parametrize("name", ["t_1e308", "binary_garbage"])
+def test_the_real_command_refuses_a_hostile_cassette_without_a_traceback_or_a_hang(tmp_path, name):
+    path = HOSTILE_CASSETTES[name][0](tmp_path)
+    done = subprocess.run([sys.executable, "-c", "import sys; from phonebridge.cli import main; sys.exit(main())",
+                           "replay", "--realtime", str(path)], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (2, ""), done.stderr[-500:]
+    assert done.stderr.startswith(f"phonebridge: {path}: ") and done.stderr.count("\n") == 1, done.stderr[-500:]
+
+
+def test_replay_timeout_must_be_a_sane_number_of_seconds(capsys):
+    for bad in ("nan", "-1", "0", "1e308"):
+        with pytest.raises(SystemExit) as raised:
+            main(["replay", str(SOURCE), "--timeout", bad])
+        assert raised.value.code == 2
+        assert "must be a number of seconds from 0 to 3600" in capsys.readouterr().err

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from types import MappingProxyType
 
 import pytest
 
+from phonebridge import twilio
 from phonebridge.errors import TwilioProtocolError
 from phonebridge.twilio import (
     FRAME_BYTES,
@@ -295,6 +297,87 @@ def test_too_large_is_refused_before_parsing() -> None:
 def test_default_limit_is_64_kib() -> None:
     with pytest.raises(TwilioProtocolError, match="^message of 65537 bytes exceeds the 65536-byte limit$"):
         parse_event(b" " * 65537)
+
+
+# --- hostile input: bounded before it costs anything, always a tagged error -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "message"),
+    [
+        ("[" * 10_000, "too_deep", "message is nested too deeply"),
+        ('{"a":' * 5_000 + "1" + "}" * 5_000, "too_deep", "message is nested too deeply"),
+        (MEDIA.replace('"media":{', '"media":{"x":' + "[" * 2_000 + "]" * 2_000 + ","), "too_deep",
+         "message is nested too deeply"),
+    ],
+    ids=["open_brackets", "objects_5000_deep", "deep_inside_a_media_frame"],
+)
+def test_deep_nesting_is_a_protocol_error_not_a_recursion_error(text: str, reason: str, message: str) -> None:
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(text)
+    assert (info.value.reason, str(info.value)) == (reason, message)
+
+
+def test_a_json_number_longer_than_ints_digit_limit_is_a_protocol_error() -> None:
+    text = MEDIA.replace('"sequenceNumber":"4"', '"sequenceNumber":' + "1" * 5_000)
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(text)
+    assert info.value.reason == "bad_value"
+    assert str(info.value).startswith("message has a number too long to read (Exceeds the limit (4300 digits)")
+
+
+@pytest.mark.parametrize("value", ["1" * 5_000, "9" * 20, 2**63, 10**4000], ids=["digits_5000", "digits_20",
+                                                                                  "2_63", "number_4001_digits"])
+def test_huge_integers_are_refused_as_bad_values(value: object) -> None:
+    text = MEDIA.replace('"sequenceNumber":"4"', '"sequenceNumber":' + json.dumps(value))
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(text)
+    assert info.value.reason == "bad_value"
+    assert str(info.value).startswith("media: field 'sequenceNumber' must be a non-negative integer, got ")
+    assert len(str(info.value)) < 120  # the log line shows the start of the value, not all of it
+
+
+def test_the_largest_accepted_integer_is_2_63_minus_1() -> None:
+    for value in (2**63 - 1, str(2**63 - 1)):
+        event = parse_event(MEDIA.replace('"sequenceNumber":"4"', '"sequenceNumber":' + json.dumps(value)))
+        assert isinstance(event, Media) and event.sequence_number == 2**63 - 1
+
+
+def test_media_payload_is_bounded_in_bytes_before_decoding() -> None:
+    limit = twilio.MAX_MEDIA_PAYLOAD_BYTES
+    assert limit == 4096
+    at_limit = base64.b64encode(b"\xff" * limit).decode()
+    event = parse_event(_media(payload=at_limit))
+    assert isinstance(event, Media) and len(event.payload) == limit
+    over = base64.b64encode(b"\xff" * (limit + 3)).decode()
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(_media(payload=over))
+    assert (info.value.reason, str(info.value)) == (
+        "too_large", f"media: field 'media.payload' of {len(over)} base64 characters exceeds the {limit}-byte limit")
+    with pytest.raises(TwilioProtocolError) as info:  # checked before decoding: not even base64
+        parse_event(_media(payload="!" * 40_000))
+    assert info.value.reason == "too_large"
+
+
+def test_start_without_a_top_level_stream_sid_takes_start_stream_sid() -> None:
+    msg = json.loads(START)
+    del msg["streamSid"]
+    event = parse_event(json.dumps(msg))
+    assert isinstance(event, Start) and event.stream_sid == "MZ01"
+    assert event == parse_event(START)  # both shapes give the same event
+    del msg["start"]["streamSid"]
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(json.dumps(msg))
+    assert (info.value.reason, str(info.value)) == ("missing_field", "start: missing field 'start.streamSid'")
+    msg["start"]["streamSid"] = 7
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(json.dumps(msg))
+    assert (info.value.reason, str(info.value)) == (
+        "bad_type", "start: field 'start.streamSid' must be a string, got number")
+    msg["start"]["streamSid"] = ""
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(json.dumps(msg))
+    assert info.value.reason == "bad_value"
 
 
 # --- builders ------------------------------------------------------------------------------------------

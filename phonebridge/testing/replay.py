@@ -32,7 +32,7 @@ from phonebridge.agent import Agent
 from phonebridge.audio import ulaw_decode
 from phonebridge.errors import ToolError
 from phonebridge.recording import Cassette, Record, decode_bytes, load_cassette
-from phonebridge.replay import ReplayResult, compare, conduct_of
+from phonebridge.replay import ReplayResult, check_replayable, compare, conduct_of
 from phonebridge.schema import HandlerSignature
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_emulator import Connection, LiveEmulator
@@ -58,6 +58,7 @@ async def replay_cassette(
 ) -> ReplayResult:
     """Replay one cassette; `agent` None replays with an agent rebuilt from the recording and its tool results."""
     cassette = load_cassette(path)
+    check_replayable(cassette)  # before anything runs: a bad record is a CassetteError naming its line
     if agent is None:
         agent = agent_from_cassette(cassette)
     elif recorded_tools:
