@@ -25,16 +25,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import threading
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["HANDLER_THREADS", "HANDLER_THREADS_PER_CALL", "CallShare", "HandlerPool", "Raised", "capture"]
+__all__ = [
+    "HANDLER_THREADS", "HANDLER_THREADS_PER_CALL", "CallShare", "DaemonThreadExecutor", "HandlerPool", "Raised",
+    "capture",
+]
 
 HANDLER_THREADS = 64  # started only as needed; the bound is against hung handlers accumulating
 HANDLER_THREADS_PER_CALL = 4
+DEFAULT_JOIN_S = 2.0  # how long the loop's default executor waits for its threads at shutdown
 WARN_EVERY = 100  # "every thread is busy" is logged the first time, then every hundredth time
 
 _log = logging.getLogger("phonebridge.handler_pool")
@@ -75,13 +81,14 @@ class HandlerPool:
 
     def __init__(
         self, max_threads: int = HANDLER_THREADS, per_call: int = HANDLER_THREADS_PER_CALL,
-        *, thread_name_prefix: str = "phonebridge-tool",
+        *, thread_name_prefix: str = "phonebridge-tool", what: str = "sync handlers",
     ) -> None:
         if max_threads < 1 or per_call < 1:
             raise ValueError("max_threads and per_call must be at least 1")
-        self.max_threads, self.per_call, self._prefix = max_threads, per_call, thread_name_prefix
+        self.max_threads, self.per_call, self._prefix, self._what = max_threads, per_call, thread_name_prefix, what
         self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._work = threading.Condition(self._lock)  # a job is queued (or the pool closed): for idle threads
+        self._settled = threading.Condition(self._lock)  # a job finished: for wait_idle
         self._queue: collections.deque[_Job] = collections.deque()
         self._running: set[_Job] = set()
         self._threads = 0
@@ -112,15 +119,26 @@ class HandlerPool:
             return len(self._queue)
 
     async def cleanup_ctx(self, app: object) -> AsyncIterator[None]:
-        """For aiohttp's `app.cleanup_ctx`: nothing to start (threads start as needed); shut down at cleanup."""
+        """For aiohttp's `app.cleanup_ctx`: the pool's threads start as needed; at cleanup it shuts down.
+
+        It also gives the loop a DaemonThreadExecutor as its default executor: an async handler's
+        `asyncio.to_thread(...)` left hanging by its timeout must not hold the process at exit either."""
+        asyncio.get_running_loop().set_default_executor(DaemonThreadExecutor())
         yield
         self.shutdown()
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until nothing runs or waits (False if `timeout_s` passed first). Not on the loop thread."""
+        with self._lock:
+            return self._settled.wait_for(lambda: not self._running and not self._queue, timeout_s)
 
     def shutdown(self) -> list[str]:
         """Take no more work, drop what is queued, let idle threads end; returns the handlers still running.
 
         Running threads are not waited for (they are daemon threads: the process exits without them)."""
         with self._lock:
+            if self._closed:
+                return sorted(job.name for job in self._running)
             self._closed = True
             dropped = list(self._queue)
             for job in dropped:
@@ -131,7 +149,7 @@ class HandlerPool:
         for job in dropped:  # whoever still awaits one gets an answer (and its call's slot back)
             job.finished(Raised(RuntimeError("the server is shutting down")))
         if hung:
-            _log.warning("%d sync handlers still running at shutdown (%s): not waited for", len(hung), ", ".join(hung))
+            _log.warning("%d %s still running at shutdown (%s): not waited for", len(hung), self._what, ", ".join(hung))
         return hung
 
     def _submit(self, job: _Job) -> None:
@@ -168,6 +186,7 @@ class HandlerPool:
             result = capture(job.fn)
             with self._lock:
                 self._running.discard(job)
+                self._settled.notify_all()
             job.finished(result)
             del job, result  # a finished handler's value and traceback are not kept alive by an idle thread
 
@@ -240,3 +259,48 @@ def _deliver_threadsafe(
         loop.call_soon_threadsafe(finished, answer, result)
     except RuntimeError:
         pass  # the loop is closed (the server stopped while this handler hung): nobody awaits it any more
+
+
+_NOT_RUN = object()
+
+
+class DaemonThreadExecutor(ThreadPoolExecutor):
+    """The loop's default executor (asyncio.to_thread, run_in_executor(None)) on a HandlerPool's daemon threads.
+
+    A ThreadPoolExecutor subclass only because `loop.set_default_executor` accepts nothing else: none of
+    its own thread machinery is used (its threads are joined at interpreter exit). The stock default
+    executor held SIGTERM for as long as a thread that a timed-out async handler had started kept hanging:
+    the loop's close waits for its threads. Here `shutdown(wait=True)` waits at most `join_timeout_s`, then
+    names what still runs and returns; `shutdown(wait=False)` waits for nothing.
+    """
+
+    def __init__(self, max_workers: int | None = None, join_timeout_s: float = DEFAULT_JOIN_S) -> None:
+        super().__init__(max_workers=max_workers, thread_name_prefix="phonebridge-default")
+        self._daemons = HandlerPool(self._max_workers, self._max_workers, thread_name_prefix="phonebridge-default",
+                                    what="default-executor jobs")
+        self._join_timeout_s = join_timeout_s
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+
+        def run() -> Any:
+            if not future.set_running_or_notify_cancel():
+                return _NOT_RUN  # cancelled while it waited for a thread
+            return fn(*args, **kwargs)
+
+        def finished(result: Any) -> None:
+            if result is _NOT_RUN:
+                return
+            with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: nobody wants it
+                if isinstance(result, Raised):
+                    future.set_exception(result.error)
+                else:
+                    future.set_result(result)
+
+        self._daemons._submit(_Job(run, str(getattr(fn, "__qualname__", fn)), finished))
+        return future
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if wait:
+            self._daemons.wait_idle(self._join_timeout_s)
+        self._daemons.shutdown()

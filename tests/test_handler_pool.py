@@ -13,7 +13,7 @@ import pytest
 from google.genai import types
 
 from phonebridge.context import CallContext
-from phonebridge.handler_pool import HandlerPool
+from phonebridge.handler_pool import DaemonThreadExecutor, HandlerPool
 from phonebridge.tools import ToolDispatcher, ToolRegistry
 
 TIMEOUT = {"error": "The hang tool did not answer within 0.3 seconds and was stopped."}
@@ -150,3 +150,34 @@ async def test_shutdown_answers_queued_handlers_names_hung_ones_and_waits_for_no
         await pool.share().run(lambda: None)
     stuck.cancel()
     assert await asyncio.gather(stuck, return_exceptions=True) != []
+
+
+async def test_the_default_executor_runs_to_thread_on_daemon_threads_and_shutdown_waits_a_bounded_time() -> None:
+    executor = DaemonThreadExecutor(max_workers=2, join_timeout_s=0.2)
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    try:
+        assert await loop.run_in_executor(executor, lambda: threading.current_thread().name) == "phonebridge-default_1"
+        with pytest.raises(KeyError):
+            await loop.run_in_executor(executor, {}.__getitem__, "missing")
+        stuck = loop.run_in_executor(executor, release.wait, 30)
+        # What the loop does at close (shutdown_default_executor): wait, but only join_timeout_s.
+        started = loop.time()
+        await asyncio.to_thread(executor.shutdown, True)
+        assert 0.2 <= loop.time() - started < 2.0
+        assert [t.daemon for t in threading.enumerate() if t.name.startswith("phonebridge-default")] == [True]
+        with pytest.raises(RuntimeError, match="shut down"):
+            executor.submit(print)
+    finally:
+        release.set()
+    assert await stuck is True
+
+
+async def test_an_app_gives_its_loop_the_daemon_executor() -> None:
+    pool = HandlerPool()
+    ctx = pool.cleanup_ctx(object())
+    await ctx.__anext__()
+    name = await asyncio.to_thread(lambda: threading.current_thread().name)
+    assert name.startswith("phonebridge-default") and threading.current_thread().name != name
+    with pytest.raises(StopAsyncIteration):
+        await ctx.__anext__()

@@ -49,6 +49,7 @@ async def async_interrupt() -> str:
     raise KeyboardInterrupt
 '''
 HUNG_AGENT = '''
+import asyncio
 import threading
 from phonebridge import Agent
 agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
@@ -57,6 +58,12 @@ agent = Agent(instructions="You are a test agent.", greeting="Greet the caller."
 def stuck_lookup(n: int) -> str:
     """A driver that never returns."""
     threading.Event().wait()
+    return "never"
+
+@agent.tool(timeout_s=0.3)
+async def stuck_async_lookup(n: int) -> str:
+    """An async handler whose thread never returns: it is cancelled, its thread hangs on."""
+    await asyncio.to_thread(threading.Event().wait)
     return "never"
 '''
 SORRY = "Sorry, I could not do that."
@@ -111,7 +118,8 @@ async def test_handlers_raising_system_exit_or_keyboard_interrupt_are_answered_a
 
 async def test_sigterm_after_calls_whose_sync_handlers_hang_forever_exits_at_once(tmp_path: Path) -> None:
     hung = 2 * HANDLER_THREADS_PER_CALL  # the call's share of threads hangs; the rest queue and time out
-    specs = tuple(ToolCallSpec("stuck_lookup", {"n": i}, id=f"s-{i}") for i in range(hung))
+    specs = (*(ToolCallSpec("stuck_lookup", {"n": i}, id=f"s-{i}") for i in range(hung)),
+             *(ToolCallSpec("stuck_async_lookup", {"n": i}, id=f"a-{i}") for i in range(2)))
     script = Script([WaitForText(), CallTools(specs), Say(SORRY, seconds=0.4), WaitForCaller()])
     async with LiveEmulator(script, speed=math.inf) as emu:
         server = await start_server(tmp_path, emu, drain_timeout_s=600, agent_source=HUNG_AGENT)
@@ -120,9 +128,10 @@ async def test_sigterm_after_calls_whose_sync_handlers_hang_forever_exits_at_onc
             await caller.dial()
             await emu.wait_for(lambda: bool(emu.conversations), timeout=20)
             conv = emu.conversations[0]
-            await emu.wait_for(lambda: len(conv.tool_responses) == hung, timeout=20)
+            await emu.wait_for(lambda: len(conv.tool_responses) == len(specs), timeout=20)
             assert {r.response["error"] for r in conv.tool_responses} == {
-                "The stuck_lookup tool did not answer within 0.3 seconds and was stopped."}
+                f"The {name} tool did not answer within 0.3 seconds and was stopped."
+                for name in ("stuck_lookup", "stuck_async_lookup")}
             await caller.wait_heard(0.35, timeout=20)
             await caller.hangup()
             await server.wait_log("call ended")
@@ -131,9 +140,10 @@ async def test_sigterm_after_calls_whose_sync_handlers_hang_forever_exits_at_onc
             signalled = loop.time()
             assert await server.exit_code(timeout=30) == 0
             # The threads still hang, and the process did not wait for them.
-            assert loop.time() - signalled < 5.0
+            assert loop.time() - signalled < 6.0  # the default executor's bounded wait (2 s) included
             assert any(f"{HANDLER_THREADS_PER_CALL} sync handlers still running at shutdown" in line
                        for line in server.lines)
+            assert any("2 default-executor jobs still running at shutdown" in line for line in server.lines)
         finally:
             await caller.close()
             await stop(server)
