@@ -28,8 +28,8 @@ import collections
 import contextlib
 import logging
 import threading
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 

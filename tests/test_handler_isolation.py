@@ -11,7 +11,13 @@ import threading
 from phonebridge.agent import Agent
 from phonebridge.handler_pool import HANDLER_THREADS_PER_CALL
 from phonebridge.testing.harness import BridgeHarness
-from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
+from phonebridge.testing.live_script import (
+    CallTools,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForText,
+)
 
 HUNG_CALLS = 33
 

@@ -18,7 +18,14 @@ import pytest
 
 from phonebridge.handler_pool import HANDLER_THREADS_PER_CALL
 from phonebridge.testing.live_emulator import LiveEmulator
-from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForCaller, WaitForText
+from phonebridge.testing.live_script import (
+    CallTools,
+    Say,
+    Script,
+    ToolCallSpec,
+    WaitForCaller,
+    WaitForText,
+)
 from tests.test_drain import Server, caller_for, start_server
 
 pytestmark = pytest.mark.timeout(90)
@@ -91,9 +98,9 @@ async def test_handlers_raising_system_exit_or_keyboard_interrupt_are_answered_a
         try:
             for n, caller in enumerate(callers):  # a second call after the first proves the server still serves
                 await caller.dial()
-                await emu.wait_for(lambda: len(emu.conversations) == n + 1, timeout=20)
+                await emu.wait_for(lambda n=n: len(emu.conversations) == n + 1, timeout=20)
                 conv = emu.conversations[n]
-                await emu.wait_for(lambda: len(conv.tool_responses) == len(FAULTY), timeout=20)
+                await emu.wait_for(lambda conv=conv: len(conv.tool_responses) == len(FAULTY), timeout=20)
                 assert [(r.id, r.response) for r in conv.tool_responses] == [(t, internal_error(t)) for t in FAULTY]
                 # The call went on: the model's next words reached the caller.
                 await caller.wait_heard(0.35, timeout=20)
