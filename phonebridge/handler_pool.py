@@ -187,7 +187,10 @@ class HandlerPool:
             with self._lock:
                 self._running.discard(job)
                 self._settled.notify_all()
-            job.finished(result)
+            try:
+                job.finished(result)
+            except Exception:  # noqa: BLE001 - our bug, not the handler's: log it, keep the thread serving
+                _log.exception("delivering the result of %s failed", job.name)
             del job, result  # a finished handler's value and traceback are not kept alive by an idle thread
 
     def _next(self) -> _Job | None:
