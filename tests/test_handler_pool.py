@@ -145,7 +145,7 @@ async def test_shutdown_answers_queued_handlers_names_hung_ones_and_waits_for_no
     [answer] = await queued
     assert answer.response is not None and "internal error" in answer.response["error"]
     assert hung.names == ["phonebridge-tool_1"]
-    assert [t.daemon for t in threading.enumerate() if t.name.startswith("phonebridge-tool")] == [True]
+    assert all(t.daemon for t in threading.enumerate() if t.name.startswith("phonebridge-tool"))
     with pytest.raises(RuntimeError, match="shut down"):
         await pool.share().run(lambda: None)
     stuck.cancel()
@@ -165,7 +165,7 @@ async def test_the_default_executor_runs_to_thread_on_daemon_threads_and_shutdow
         started = loop.time()
         await asyncio.to_thread(executor.shutdown, True)
         assert 0.2 <= loop.time() - started < 2.0
-        assert [t.daemon for t in threading.enumerate() if t.name.startswith("phonebridge-default")] == [True]
+        assert all(t.daemon for t in threading.enumerate() if t.name.startswith("phonebridge-default"))
         with pytest.raises(RuntimeError, match="shut down"):
             executor.submit(print)
     finally:
