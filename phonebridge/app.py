@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +27,7 @@ from phonebridge.bridge import CallSession
 from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
 from phonebridge.errors import ModelUnavailable
+from phonebridge.handler_pool import HandlerPool
 from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
 from phonebridge.signatures import (
@@ -43,7 +43,6 @@ log = logging.getLogger("phonebridge.app")
 
 VOICE_PATH, MEDIA_PATH, STATUS_PATH = "/twilio/voice", "/twilio/media", "/twilio/status"
 MAX_FRAME_BYTES = 256 * 1024
-HANDLER_THREADS = 32
 NO_COMPRESSION: dict[str, Any] = {"compression": None}  # reaches websockets.connect through the SDK  # a media frame is ~250 bytes; anything near this is hostile
 
 
@@ -136,7 +135,7 @@ def make_app(
         metrics=metrics,
         log_caller_numbers=settings.log_caller_numbers,
         recorder_factory=_recorder_factory(settings),
-        executor=ThreadPoolExecutor(max_workers=HANDLER_THREADS, thread_name_prefix="phonebridge-tool"),
+        executor=(pool := HandlerPool()),  # sync handlers: a bounded share per call, no thread joined at exit
     )
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
@@ -157,7 +156,8 @@ def make_app(
     lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer(settings.heap_trim_s)
     app.on_startup.extend([lag.start, trimmer.start])
     app.on_shutdown.append(_close_calls)
-    app.on_cleanup.extend([_stop_executor, lag.stop, trimmer.stop])
+    app.cleanup_ctx.append(pool.cleanup_ctx)
+    app.on_cleanup.extend([lag.stop, trimmer.stop])
     return app
 
 
@@ -369,13 +369,6 @@ def _fallback(settings: Settings) -> str | None:
     if settings.fallback_say:
         return twiml.say(settings.fallback_say)
     return None
-
-
-async def _stop_executor(app: web.Application) -> None:
-    services = app[RUNTIME].services
-    if services is not None and isinstance(services.executor, ThreadPoolExecutor):
-        # Threads of handlers still running cannot be killed; don't wait for them on shutdown.
-        services.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _xml(body: str) -> web.Response:

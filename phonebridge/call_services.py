@@ -14,6 +14,7 @@ from google.genai import types
 
 from phonebridge import twilio
 from phonebridge.agent import Agent
+from phonebridge.handler_pool import HandlerPool
 from phonebridge.metrics import Metrics
 from phonebridge.tools import ToolRegistry
 
@@ -55,7 +56,7 @@ class CallServices:
         connect_timeout_s: float = 10.0,
         reconnect_attempts: int = 5,
         observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
-        executor: Executor | None = None,
+        executor: Executor | HandlerPool | None = None,
         recorder_factory: Callable[[twilio.Start], Recorder] | None = None,
         metrics: Metrics | None = None,
         log_caller_numbers: bool = False,
@@ -64,7 +65,8 @@ class CallServices:
         self.metrics = metrics
         self.recorder_factory = recorder_factory
         self.agent, self.registry, self.genai_client = agent, registry, genai_client
-        # Sync handlers run here, not in the loop's default executor: a stuck handler can't starve others.
+        # Sync handlers run here, not in the loop's default executor. A HandlerPool gives each call a bounded
+        # share of its threads, so one call's hung handlers cannot starve another call's sync tools.
         self.executor = executor
         self.declarations: list[types.FunctionDeclaration] = registry.declarations()
         self.hang_up, self.transfer = hang_up, transfer

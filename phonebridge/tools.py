@@ -25,6 +25,7 @@ from google.genai import types
 
 from phonebridge.context import CallContext, normalize_transfer_target
 from phonebridge.errors import ConfigError, ToolArgumentError, ToolError
+from phonebridge.handler_pool import HandlerPool, capture, unwrap
 from phonebridge.schema import HandlerSignature, inspect_handler
 
 if TYPE_CHECKING:
@@ -211,9 +212,15 @@ class ToolDispatcher:
     """Runs one call's function calls: one response per call id, whatever happens.
 
     Async handlers run as tasks on the loop; sync handlers run in `executor` (the loop's default executor
-    if None), never on the loop thread. A timed-out or cancelled *async* handler is cancelled (it sees
-    CancelledError). A sync handler cannot be killed: its thread runs on until the function returns and the
-    result is discarded. Nothing of it reaches the loop, but it holds a worker thread meanwhile.
+    if None), never on the loop thread. With a HandlerPool (what the app uses) this call gets its own share
+    of the pool's threads, so its hung handlers cannot starve other calls (phonebridge/handler_pool.py).
+    A timed-out or cancelled *async* handler is cancelled (it sees CancelledError). A sync handler cannot
+    be killed: its thread runs on until the function returns and the result is discarded. Nothing of it
+    reaches the loop, but it holds a worker thread (and a slot of its call's share) meanwhile.
+
+    Whatever a handler raises is its answer, BaseException included: SystemExit, KeyboardInterrupt or
+    GeneratorExit from a handler would otherwise leave the event loop and take every call down. Only our
+    own cancellation (the model's toolCallCancellation, the call ending) keeps its meaning.
     """
 
     def __init__(
@@ -222,15 +229,16 @@ class ToolDispatcher:
         context: CallContext,
         *,
         default_timeout_s: float,
-        executor: Executor | None = None,
+        executor: Executor | HandlerPool | None = None,
         logger: Logger | None = None,
         on_outcome: Callable[[ToolOutcome], None] | None = None,
     ) -> None:
         self._registry = registry
         self._context = context
         self._default_timeout_s = default_timeout_s
-        self._executor = executor
         self._log: Logger = logger or _log
+        self._executor = None if isinstance(executor, HandlerPool) else executor
+        self._share = executor.share(self._log) if isinstance(executor, HandlerPool) else None
         self._on_outcome = on_outcome
         self._running: dict[asyncio.Task[types.FunctionResponse], str | None] = {}
         self._closed = False
@@ -309,17 +317,17 @@ class ToolDispatcher:
         if spec is None:
             known = ", ".join(self._registry.names) or "none"
             return "unknown", {"error": f"There is no tool named {name!r}. The available tools are: {known}."}
-        try:
-            kwargs = spec.bind(args)
-        except ToolArgumentError as exc:
-            return "invalid", {"error": f"Invalid arguments for {name}: {exc}. Call it again with corrected ones."}
-        if spec.context_param:
-            kwargs[spec.context_param] = self._context
         timeout_s = spec.timeout_s if spec.timeout_s is not None else self._default_timeout_s
         try:
+            # Binding is inside: a parameter type's own validator is handler code too, and may raise anything.
+            kwargs = spec.bind(args)
+            if spec.context_param:
+                kwargs[spec.context_param] = self._context
             async with asyncio.timeout(timeout_s):
                 value = await self._invoke(spec, kwargs)
             return "ok", to_response(value)
+        except ToolArgumentError as exc:
+            return "invalid", {"error": f"Invalid arguments for {name}: {exc}. Call it again with corrected ones."}
         except TimeoutError:
             self._log.warning("tool %s timed out after %.1f s", name, timeout_s)
             return "timeout", {"error": f"The {name} tool did not answer within {timeout_s:g} seconds and was stopped."}
@@ -338,14 +346,23 @@ class ToolDispatcher:
                 raise asyncio.CancelledError from exc
             self._log.exception("tool %s raised", name)
             return "error", _internal_error(name)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt, GeneratorExit: the handler's, not ours
+            if _cancelling():
+                raise asyncio.CancelledError from exc
+            self._log.error("tool %s raised %s: answered as an error; the call and the server go on",
+                            name, type(exc).__name__, exc_info=exc)
+            return "error", _internal_error(name)
 
     async def _invoke(self, spec: ToolSpec, kwargs: dict[str, Any]) -> Any:
         if spec.is_async:
             return await spec.fn(**kwargs)
-        loop = asyncio.get_running_loop()
         # copy_context: logging and tracing context vars follow the call into the worker thread.
         job = functools.partial(contextvars.copy_context().run, spec.fn, **kwargs)
-        return await loop.run_in_executor(self._executor, job)
+        if self._share is not None:
+            return await self._share.run(job, spec.name)
+        # capture: even what a plain executor's future cannot carry (StopIteration) comes back to be raised here.
+        loop = asyncio.get_running_loop()
+        return unwrap(await loop.run_in_executor(self._executor, functools.partial(capture, job)))
 
     def _record(
         self, call: types.FunctionCall, name: str, args: dict[str, Any], response: dict[str, Any] | None,

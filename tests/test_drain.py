@@ -15,6 +15,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -53,6 +54,7 @@ class Server:
     def __init__(self, proc: asyncio.subprocess.Process, port: int) -> None:
         self.proc, self.port, self.url = proc, port, f"http://127.0.0.1:{port}"
         self.lines: list[str] = []
+        self.records: list[dict[str, Any]] = []  # the JSON log records, whole (call_sid, exc, ...)
 
     async def _next_line(self) -> str | None:
         assert self.proc.stderr is not None
@@ -61,7 +63,9 @@ class Server:
             return None
         line = raw.decode(errors="replace").rstrip()
         try:
-            line = json.loads(line)["msg"]
+            record = json.loads(line)
+            line = record["msg"]
+            self.records.append(record)
         except (ValueError, KeyError, TypeError):
             pass
         self.lines.append(line)
@@ -92,9 +96,12 @@ async def emulator() -> AsyncIterator[LiveEmulator]:
         yield emu
 
 
-async def start_server(tmp_path: Path, emu: LiveEmulator, drain_timeout_s: float) -> Server:
+async def start_server(
+    tmp_path: Path, emu: LiveEmulator, drain_timeout_s: float, agent_source: str = AGENT_FILE
+) -> Server:
+    """`phonebridge serve` with `agent_source` as its agent file, reaching `emu` for the model."""
     agent = tmp_path / "agent.py"
-    agent.write_text(AGENT_FILE)
+    agent.write_text(agent_source)
     port = free_port()
     env = {**os.environ, **emu.client_env(), "PHONEBRIDGE_PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "PHONEBRIDGE_DRAIN_TIMEOUT_S": str(drain_timeout_s),
