@@ -1,0 +1,199 @@
+"""`phonebridge inspect`: the timeline model on the shipped cassettes, the page it makes, the command."""
+
+from __future__ import annotations
+
+import base64
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from phonebridge.cli import main
+from phonebridge.inspect_html import render_html
+from phonebridge.inspect_model import MAX_BUCKETS, build_timeline
+from phonebridge.recording import load_cassette
+
+CASSETTES = Path(__file__).parent / "cassettes"
+
+
+def timeline(name: str):
+    return build_timeline(load_cassette(CASSETTES / f"{name}.jsonl"))
+
+
+def lines(tl) -> list[tuple[str, str]]:
+    return [(u.who, u.text) for u in tl.utterances]
+
+
+def test_question_answer_as_a_timeline():
+    tl = timeline("question_answer")
+    assert lines(tl) == [("agent", "Hello, how can I help?"), ("caller", "Closing time?"), ("agent", "We close at ten.")]
+    assert (len(tl.tools), len(tl.barge_ins), tl.count("mark"), tl.count("echo"), tl.count("clear")) == (0, 0, 12, 10, 0)
+    assert tl.reconnects == 0 and tl.complete and tl.dropped == 0
+    # Recorded flat out (t spans 0.09 s), it is drawn as it sounded: two 0.5 s answers around the question.
+    assert [len(audio) for _, audio in tl.agent_audio] == [4014, 4014]
+    assert sum(len(audio) for _, audio in tl.caller_audio) == 66 * 160
+    assert tl.duration_s == pytest.approx(2.196, abs=0.01)
+    assert tl.agent_audio[1][0] >= tl.caller_audio[-1][0] + len(tl.caller_audio[-1][1]) / 8000 - 1e-6
+
+
+def test_tool_call_as_a_timeline():
+    tl = timeline("tool_call")
+    assert lines(tl) == [
+        ("agent", "Hello, how can I help?"), ("caller", "Order A7?"), ("agent", "It is out for delivery."),
+        ("caller", "Bye now."), ("agent", "Goodbye!"),
+    ]
+    assert [(t.name, t.args, t.status, t.response) for t in tl.tools] == [
+        ("lookup_order", {"order_id": "A7"}, "ok", {"order_id": "A7", "status": "out for delivery"}),
+        ("end_call", {}, "ok", {"result": "the call will end after your goodbye"}),
+    ]
+    assert tl.tools[0].latency_s == pytest.approx(6.0108e-05)
+    assert (len(tl.barge_ins), tl.count("mark"), tl.count("echo"), tl.count("clear")) == (0, 18, 18, 0)
+    # Each tool runs after the caller's question and before the agent's answer.
+    caller, agent = tl.utterances[1], tl.utterances[2]
+    assert caller.at <= tl.tools[0].at <= agent.at
+
+
+def test_barge_in_as_a_timeline():
+    tl = timeline("barge_in")
+    assert lines(tl) == [
+        ("agent", "Hello and welcome, let me tell you about"), ("caller", "Stop please."), ("agent", "Sure."),
+    ]
+    (barge,) = tl.barge_ins
+    assert (barge.turn, barge.sent_s, barge.heard_s, barge.confirmed_s) == (1, 1.16, 1.14, 1.1)
+    assert barge.heard_text == "Hello and welcome, let me tell you about" and barge.unheard_text == ""
+    assert (tl.count("mark"), tl.count("echo"), tl.count("clear"), tl.count("interrupted")) == (17, 17, 1, 1)
+    # The caller speaks over the agent before the clear (that is the barge-in), and is drawn doing so.
+    assert tl.utterances[1].at < barge.at
+    # What the caller heard of the cut turn is what the agent track holds: nothing of it after the clear.
+    turn_one = [(start, audio) for start, audio in tl.agent_audio if start < barge.at]
+    assert sum(len(audio) for _, audio in turn_one) == 1.14 * 8000
+    assert max(start + len(audio) / 8000 for start, audio in turn_one) <= barge.at + 1e-9
+
+
+def _cassette(tmp_path: Path, records: list[tuple[float, str, object]], *, end: bool = True) -> Path:
+    header = {"cassette": 1, "phonebridge": "0.1.0", "call_sid": "CAtest", "stream_sid": "MZtest",
+              "custom_parameters": {"From": "+15550001", "To": "+15550002"}}
+    rows = [header] + [{"t": t, "kind": kind, "data": data} for t, kind, data in records]
+    if end:
+        rows.append({"t": 9.0, "kind": "end", "data": {"records": len(records), "dropped": 0}})
+    path = tmp_path / "call.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def _media(direction: str, nbytes: int, loud: bool = False) -> tuple[float, str, object]:
+    payload = base64.b64encode((b"\x80" if loud else b"\xff") * nbytes).decode()
+    return (0.0, direction, {"event": "media", "media": {"payload": payload}})
+
+
+def _said(text: str) -> tuple[float, str, object]:
+    return (0.0, "model_in", {"server_content": {"output_transcription": {"text": text}}})
+
+
+def test_a_cut_turn_splits_its_words_where_the_caller_stopped_hearing(tmp_path):
+    path = _cassette(tmp_path, [
+        _said("One"), _media("twilio_out", 1600), _said(" two"), _media("twilio_out", 1600),
+        _said(" three"), _media("twilio_out", 1600),
+        *[_media("twilio_in", 160, loud=True) for _ in range(15)],  # 0.3 s of the caller talking over it
+        (0.0, "model_in", {"server_content": {"interrupted": True}}),
+        (0.0, "twilio_out", {"event": "clear"}),
+        _said(" four"),  # late words of the cut turn: never played
+        (0.0, "model_in", {"server_content": {"turn_complete": True}}),
+    ])
+    tl = build_timeline(load_cassette(path))
+    (barge,) = tl.barge_ins
+    assert (barge.at, barge.sent_s, barge.heard_s) == (pytest.approx(0.3), 0.6, 0.3)
+    assert (barge.heard_text, barge.unheard_text) == ("One two", "three four")
+    (agent,) = [u for u in tl.utterances if u.who == "agent"]
+    assert (agent.text, agent.unheard) == ("One two", "three four")
+    page = render_html(tl)
+    assert '<span class="text">One two</span> <del class="unheard"' in page and "three four</del>" in page
+
+
+def test_reconnects_keypresses_and_a_cut_short_recording(tmp_path):
+    path = _cassette(tmp_path, [
+        (0.0, "model_connect", {"cause": "start", "resumed": False, "seeded": False}),
+        (1.0, "twilio_in", {"event": "dtmf", "dtmf": {"digit": "5"}}),
+        (2.0, "model_in", {"go_away": {"time_left": "10s"}}),
+        (2.5, "model_connect", {"cause": "go_away", "resumed": True, "seeded": False}),
+        (3.0, "model_connect", {"cause": "closed", "resumed": False, "seeded": True}),
+    ], end=False)
+    tl = build_timeline(load_cassette(path))
+    assert [(e.at, e.kind, e.label) for e in tl.events] == [
+        (1.0, "dtmf", "5"), (2.0, "go_away", "goAway 10s"),
+        (2.5, "reconnect", "model reconnected (go_away, resumed)"),
+        (3.0, "reconnect", "model reconnected (closed, seeded)"),
+    ]
+    assert tl.reconnects == 2 and not tl.complete
+    page = render_html(tl)
+    assert "the recording was cut short" in page and "<b>2</b> reconnects" in page
+
+
+def test_cassette_text_cannot_escape_into_the_page(tmp_path):
+    evil = "</script><script>alert(1)</script><img src=x>"
+    path = _cassette(tmp_path, [
+        (0.0, "model_in", {"server_content": {"input_transcription": {"text": evil, "finished": True}}}),
+        (0.1, "tool", {"id": "1", "name": evil, "args": {"q": evil}, "status": evil, "response": {"r": evil},
+                       "latency_s": "soon"}),
+    ])
+    page = render_html(build_timeline(load_cassette(path)))
+    assert "<script>alert" not in page and "<img" not in page
+    assert page.count("<script") == 2  # the data and the page's own script, nothing else
+    assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
+
+
+def test_the_envelope_is_bounded_whatever_the_recorded_times(tmp_path):
+    path = _cassette(tmp_path, [_media("twilio_in", 160, loud=True), (1e7, "twilio_in", {"event": "stop"})])
+    tl = build_timeline(load_cassette(path))
+    assert tl.duration_s == 1e7
+    assert len(tl.caller_envelope.lows) <= MAX_BUCKETS
+    assert '"audio":null' in render_html(tl)  # too long to embed: drawn, not played
+
+
+def test_the_page_needs_nothing_outside_itself():
+    page = render_html(timeline("barge_in"))
+    assert "default-src 'none'" in page
+    assert "http:" not in page and "https:" not in page and " src=" not in page and " href=" not in page
+
+
+# -- the command ----------------------------------------------------------------------------------------
+
+
+def test_inspect_writes_a_private_html_file(tmp_path, capsys):
+    out = tmp_path / "call.html"
+    assert main(["inspect", str(CASSETTES / "tool_call.jsonl"), "-o", str(out)]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    page = out.read_text()
+    assert page.startswith("<!doctype html>") and "Order A7?" in page
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # the caller's voice and number are in it
+
+
+def test_inspect_writes_beside_the_cassette_by_default(tmp_path):
+    cassette = tmp_path / "CA123.jsonl"
+    cassette.write_bytes((CASSETTES / "question_answer.jsonl").read_bytes())
+    assert main(["inspect", str(cassette)]) == 0
+    assert "Closing time?" in (tmp_path / "CA123.html").read_text()
+
+
+@pytest.mark.parametrize("content, says", [
+    ("", "empty file, not a cassette"),
+    ("not json\n", "line 1: not JSON"),
+    ('{"cassette": 99}\n', "not a version 1 cassette header"),
+    ('{"cassette": 1}\n{"t": 0, "kind": "mystery", "data": {}}\n', "line 2: expected {t, kind, data}"),
+])
+def test_a_malformed_cassette_is_one_line_and_exit_2(tmp_path, capsys, content, says):
+    cassette = tmp_path / "bad.jsonl"
+    cassette.write_text(content)
+    assert main(["inspect", str(cassette), "-o", str(tmp_path / "out.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phonebridge: ") and says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "out.html").exists()
+
+
+def test_a_missing_cassette_or_unwritable_output_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["inspect", str(tmp_path / "nope.jsonl")]) == 2
+    assert capsys.readouterr().err.startswith("phonebridge: ")
+    assert main(["inspect", str(CASSETTES / "tool_call.jsonl"), "-o", str(tmp_path / "no" / "dir.html")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phonebridge: cannot write") and err.count("\n") == 1
