@@ -15,7 +15,8 @@ import json
 from typing import Any
 
 from phonebridge.inspect_assets import SCRIPT, STYLE
-from phonebridge.inspect_model import RATE, Envelope, Timeline, ToolCall
+from phonebridge.inspect_audio import RATE, Envelope
+from phonebridge.inspect_model import Timeline, ToolCall
 
 MAX_AUDIO_S = 30 * 60  # past this the page draws the call but does not embed its audio (8 KB/s a track)
 

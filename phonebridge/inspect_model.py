@@ -20,15 +20,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from phonebridge.audio import ulaw_decode
 from phonebridge.errors import PhonebridgeError
+from phonebridge.inspect_audio import RATE, Envelope, envelope, peak
 from phonebridge.recording import Cassette, Record, decode_bytes
 
-RATE = 8000  # Twilio's mu-law: one byte a sample, both ways
-MAX_BUCKETS = 12_000  # envelope points per track: enough for any screen, bounded for any call length
-MIN_BUCKET_S = 0.005
 JITTER_S = 0.06  # caller frames up to this late (3 frames) still follow on from the previous one
 VOICED_PEAK = 1000  # of 32767: a caller frame louder than this has speech in it (line noise is far below)
 
@@ -74,15 +69,6 @@ class Event:
     at: float
     kind: str
     label: str
-
-
-@dataclass(frozen=True)
-class Envelope:
-    """Min/max of the track's samples per bucket, scaled to -127..127 (0 where the track is silent)."""
-
-    bucket_s: float
-    lows: tuple[int, ...]
-    highs: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -176,7 +162,7 @@ class _Builder:
             # A frame arrives once spoken; jitter within JITTER_S keeps the stream back to back.
             start = max(self.inbound_end, self.now - length - JITTER_S)
             self.caller.append(_Segment(start, ulaw))
-            if ulaw and _peak(ulaw) >= VOICED_PEAK:
+            if ulaw and peak(ulaw) >= VOICED_PEAK:
                 self.voiced.append(start)
             self.inbound_end = start + length
             self.now = max(self.now, self.inbound_end)
@@ -371,25 +357,6 @@ def _runs(segments: list[_Segment]) -> tuple[tuple[float, bytes], ...]:
         else:
             runs.append((segment.start, bytearray(segment.ulaw)))
     return tuple((start, bytes(data)) for start, data in runs)
-
-
-def envelope(runs: tuple[tuple[float, bytes], ...], duration: float) -> Envelope:
-    """Min/max per bucket over the whole call: at most MAX_BUCKETS points, whatever its length."""
-    bucket_s = max(MIN_BUCKET_S, duration / MAX_BUCKETS)
-    count = max(1, math.ceil(duration / bucket_s))
-    lows, highs = np.zeros(count, dtype=np.int32), np.zeros(count, dtype=np.int32)
-    for start, ulaw in runs:
-        if not ulaw:
-            continue
-        pcm = np.frombuffer(ulaw_decode(ulaw), dtype="<i2").astype(np.int32)
-        index = ((start + np.arange(len(pcm)) / RATE) / bucket_s).astype(np.int64).clip(0, count - 1)
-        np.minimum.at(lows, index, pcm * 127 // 32768)
-        np.maximum.at(highs, index, pcm * 127 // 32767)
-    return Envelope(bucket_s, tuple(int(v) for v in lows), tuple(int(v) for v in highs))
-
-
-def _peak(ulaw: bytes) -> int:
-    return int(np.abs(np.frombuffer(ulaw_decode(ulaw), dtype="<i2").astype(np.int32)).max())
 
 
 def _payload(data: dict[str, Any]) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import stat
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from phonebridge.cli import main
+from phonebridge.inspect_audio import MAX_BUCKETS
 from phonebridge.inspect_html import render_html
-from phonebridge.inspect_model import MAX_BUCKETS, build_timeline
+from phonebridge.inspect_model import build_timeline
 from phonebridge.recording import load_cassette
 
 CASSETTES = Path(__file__).parent / "cassettes"
@@ -197,3 +199,27 @@ def test_a_missing_cassette_or_unwritable_output_is_one_line_and_exit_2(tmp_path
     assert main(["inspect", str(CASSETTES / "tool_call.jsonl"), "-o", str(tmp_path / "no" / "dir.html")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("phonebridge: cannot write") and err.count("\n") == 1
+
+
+async def test_the_demo_writes_call_html_beside_call_wav(tmp_path):
+    import io
+
+    from phonebridge.agent import load_agent
+    from phonebridge.demo import DEFAULT_AGENT, demo_call
+
+    out = io.StringIO()
+    summary = await demo_call(load_agent(DEFAULT_AGENT), tmp_path, speed=20.0, out=out)
+    assert summary["ok"], out.getvalue()
+    page = (tmp_path / "call.html").read_text()
+    assert f"{tmp_path / 'call.html'} (the call's timeline: open it in a browser)" in out.getvalue()
+    # The viewer's transcript is the bridge's own, with the words the caller never heard set apart.
+    (cassette,) = tmp_path.glob("CA*.jsonl")
+    tl = build_timeline(load_cassette(cassette))
+    assert [(u.who, f"{u.text} {u.unheard}".strip()) for u in tl.utterances] == [
+        (line["who"], line["text"]) for line in summary["transcript"]]
+    for u in tl.utterances:
+        assert f'<span class="text">{html.escape(u.text)}</span>' in page
+    (barge,) = tl.barge_ins
+    (cut,) = [u for u in tl.utterances if u.turn == barge.turn]
+    assert (cut.text, cut.unheard) == (barge.heard_text, barge.unheard_text)  # how much was heard varies by run
+    assert page.count('class="entry tool"') == 3 and page.count('class="entry barge"') == 1
