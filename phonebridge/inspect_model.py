@@ -156,13 +156,12 @@ class _Builder:
 
     def _twilio_in(self, data: dict[str, Any]) -> None:
         event = data.get("event")
-        if event == "media":
-            ulaw = _payload(data)
+        if event == "media" and (ulaw := _payload(data)):
             length = len(ulaw) / RATE
             # A frame arrives once spoken; jitter within JITTER_S keeps the stream back to back.
             start = max(self.inbound_end, self.now - length - JITTER_S)
             self.caller.append(_Segment(start, ulaw))
-            if ulaw and peak(ulaw) >= VOICED_PEAK:
+            if peak(ulaw) >= VOICED_PEAK:
                 self.voiced.append(start)
             self.inbound_end = start + length
             self.now = max(self.now, self.inbound_end)

@@ -153,6 +153,17 @@ def test_the_envelope_is_bounded_whatever_the_recorded_times(tmp_path):
     assert '"audio":null' in render_html(tl)  # too long to embed: drawn, not played
 
 
+def test_bad_base64_and_non_finite_times_draw_as_nothing(tmp_path):
+    path = tmp_path / "odd.jsonl"
+    path.write_text('{"cassette": 1}\n'
+                    '{"t": NaN, "kind": "twilio_in", "data": {"event": "media", "media": {"payload": "!!!"}}}\n'
+                    '{"t": Infinity, "kind": "twilio_out", "data": {"event": "media", "media": {"payload": 7}}}\n'
+                    '{"t": 0.5, "kind": "twilio_in", "data": {"event": "stop"}}\n')
+    tl = build_timeline(load_cassette(path))
+    assert (tl.duration_s, tl.caller_audio, tl.agent_audio) == (0.5, (), ())
+    assert [e.kind for e in tl.events] == ["stop"] and "Hang-up" in render_html(tl)
+
+
 def test_the_page_needs_nothing_outside_itself():
     page = render_html(timeline("barge_in"))
     assert "default-src 'none'" in page
