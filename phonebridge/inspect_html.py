@@ -57,9 +57,10 @@ def _header(tl: Timeline, title: str) -> str:
     sent, echoed = tl.count("mark"), tl.count("echo")
     first = f"{tl.first_audio_s * 1000:.0f} ms" if tl.first_audio_s is not None else "none"
     chips = [
-        (len(tl.utterances), "transcript lines"), (len(tl.tools), "tool calls"), (len(tl.barge_ins), "barge-ins"),
-        (f"{sent} / {echoed}", "marks sent / echoed"), (tl.count("clear"), "clears"),
-        (tl.reconnects, "reconnects"), (first, "first agent audio"),
+        (len(tl.utterances), _plural(len(tl.utterances), "transcript line")),
+        (len(tl.tools), _plural(len(tl.tools), "tool call")), (len(tl.barge_ins), _plural(len(tl.barge_ins), "barge-in")),
+        (f"{sent} / {echoed}", "marks sent / echoed"), (tl.count("clear"), _plural(tl.count("clear"), "clear")),
+        (tl.reconnects, _plural(tl.reconnects, "reconnect")), (first, "first agent audio"),
     ]
     return "\n".join([
         '<header><h1>' + _e(title) + '</h1>',
@@ -68,6 +69,10 @@ def _header(tl: Timeline, title: str) -> str:
         '<ul class="chips">' + "".join(f"<li><b>{_e(str(v))}</b> {_e(k)}</li>" for v, k in chips) + "</ul>",
         "</header>",
     ])
+
+
+def _plural(count: int, noun: str) -> str:
+    return noun if count == 1 else noun + "s"
 
 
 def _timeline_panel(tl: Timeline) -> str:

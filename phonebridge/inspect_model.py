@@ -156,7 +156,7 @@ class _Builder:
 
     def _twilio_in(self, data: dict[str, Any]) -> None:
         event = data.get("event")
-        if event == "media" and (ulaw := _payload(data)):
+        if event == "media" and _get(data, "media", "track") in (None, "inbound") and (ulaw := _payload(data)):
             length = len(ulaw) / RATE
             # A frame arrives once spoken; jitter within JITTER_S keeps the stream back to back.
             start = max(self.inbound_end, self.now - length - JITTER_S)

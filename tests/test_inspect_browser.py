@@ -100,7 +100,8 @@ async def chromium(tmp_path: Path) -> AsyncIterator[DevTools]:
         CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--no-default-browser-check",
         "--remote-debugging-port=0", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000",
         "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9", "--disable-background-networking",
-        "--disable-component-update", "--autoplay-policy=no-user-gesture-required", "about:blank",
+        "--disable-component-update", "--autoplay-policy=no-user-gesture-required", "--disable-dev-shm-usage",
+        "about:blank",
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     assert process.stderr is not None
