@@ -113,6 +113,24 @@ def test_a_cut_turn_splits_its_words_where_the_caller_stopped_hearing(tmp_path):
     assert '<span class="text">One two</span> <del class="unheard"' in page and "three four</del>" in page
 
 
+def test_a_real_time_recording_keeps_its_own_clock(tmp_path):
+    """Twilio sends the caller's frames as they are spoken (here with 0-10 ms of jitter) and echoes marks as the
+    audio plays: the line clock is then the recorded one, with no drift."""
+    inbound = [((k + 1) * 0.02 + 0.01 * (k % 2), "twilio_in", _media("twilio_in", 160)[2]) for k in range(100)]
+    agent: list[tuple[float, str, object]] = []
+    for i in range(5):  # 1 s of agent audio sent in a burst at 0.5 s, a mark after each 0.2 s
+        agent += [(0.5, "twilio_out", _media("twilio_out", 1600)[2]),
+                  (0.5, "twilio_out", {"event": "mark", "mark": {"name": f"m{i}"}}),
+                  (0.705 + 0.2 * i, "twilio_in", {"event": "mark", "mark": {"name": f"m{i}"}})]
+    records = sorted(inbound + agent, key=lambda r: r[0])
+    tl = build_timeline(load_cassette(_cassette(tmp_path, records)))
+    assert [(round(start, 3), len(audio)) for start, audio in tl.caller_audio] == [(0.0, 16000)]
+    assert [(round(start, 3), len(audio)) for start, audio in tl.agent_audio] == [(0.5, 8000)]
+    assert tl.duration_s == pytest.approx(2.0, abs=0.011)
+    echoes = [e.at for e in tl.events if e.kind == "echo"]
+    assert echoes == pytest.approx([0.705 + 0.2 * i for i in range(5)], abs=0.011)
+
+
 def test_reconnects_keypresses_and_a_cut_short_recording(tmp_path):
     path = _cassette(tmp_path, [
         (0.0, "model_connect", {"cause": "start", "resumed": False, "seeded": False}),
