@@ -276,6 +276,12 @@ SCRIPT = r"""
   }
   entries.forEach(entry => entry.addEventListener("click", () => seek(parseFloat(entry.dataset.at))));
   canvas.addEventListener("click", e => seek(timeAt(e.offsetX)));
+  canvas.addEventListener("mousemove", e => {  // the full words of a label the lane had to cut short
+    const lane = e.offsetY < LANES.agent[0] ? "caller" : e.offsetY < LANES.events[0] ? "agent" : null;
+    const t = timeAt(e.offsetX);
+    const said = data.utterances.filter(u => u[1] === lane && u[0] <= t).pop();
+    canvas.title = said ? said[0].toFixed(2) + " s  " + said[2] + (said[3] ? " [not heard: " + said[3] + "]" : "") : "";
+  });
   playButton.addEventListener("click", () => (state.playing ? stop() : play()));
   if (!data.audio) playButton.disabled = true;
   function rezoom(factor) {

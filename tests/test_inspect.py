@@ -207,6 +207,15 @@ def test_inspect_writes_beside_the_cassette_by_default(tmp_path):
     assert "Closing time?" in (tmp_path / "CA123.html").read_text()
 
 
+def test_inspect_reads_a_gzipped_cassette(tmp_path):
+    import gzip
+
+    cassette = tmp_path / "CA9.jsonl.gz"
+    cassette.write_bytes(gzip.compress((CASSETTES / "barge_in.jsonl").read_bytes()))
+    assert main(["inspect", str(cassette)]) == 0
+    assert "Stop please." in (tmp_path / "CA9.html").read_text()
+
+
 @pytest.mark.parametrize("content", [
     "",
     "not json\n",

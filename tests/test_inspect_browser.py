@@ -155,6 +155,14 @@ async def test_the_viewer_renders_without_errors_offline_and_shows_the_transcrip
             ".getImageData(0, 0, c.width, c.height).data; let n = 0;"
             " for (let i = 0; i < d.length; i += 4) if (d[i] < 80 && d[i + 2] > 200) n++; return n; })()")
         assert drawn > 500
+        # Hovering the caller's lane just after a line shows its full words.
+        box = await tools.evaluate("(() => { const r = document.getElementById('timeline').getBoundingClientRect();"
+                                   " return [r.left, r.top, r.width]; })()")
+        duration = await tools.evaluate("JSON.parse(document.getElementById('call-data').textContent).duration")
+        left, top, width = box
+        await tools.send("Input.dispatchMouseEvent", type="mouseMoved", x=left + 16 + 0.6 / duration * (width - 32),
+                         y=top + 60)
+        assert "Order A7?" in await tools.evaluate("document.getElementById('timeline').title")
         # A click on a log line moves the playhead there.
         at = await tools.evaluate("(() => { const e = document.querySelectorAll('#log .entry.tool')[0];"
                                   " e.click(); return [parseFloat(e.dataset.at), window.__inspect.position]; })()")
