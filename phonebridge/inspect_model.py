@@ -144,11 +144,15 @@ class _Builder:
         self.caller_at = 0.0
         self.caller_since = 0.0  # where the caller's current line can start: after their previous one
         self.caller_done = False
+        self._handlers = {
+            "twilio_in": self._twilio_in, "twilio_out": self._twilio_out, "model_connect": self._model_connect,
+            "model_in": self._model_in, "model_out": self._model_out, "tool": self._tool,
+        }
 
     def feed(self, record: Record) -> None:
         self.now = max(self.now, record.t if math.isfinite(record.t) else 0.0)
         data = record.data if isinstance(record.data, dict) else {}
-        handler = getattr(self, f"_{record.kind}", None)
+        handler = self._handlers.get(record.kind)
         if handler is not None:
             handler(data)
 
@@ -205,20 +209,20 @@ class _Builder:
 
     def _clear(self) -> None:
         turn, now = self.turn, self.now
-        heard = 0
-        kept: list[_Segment] = []
-        for segment in self.agent:
+        unplayed = 0  # of this turn; the queue is in order, so what had not played is at its end
+        while self.agent and self.agent[-1].start + len(self.agent[-1].ulaw) / RATE > now:
+            segment = self.agent.pop()
             played = min(len(segment.ulaw), max(0, round((now - segment.start) * RATE)))
-            if played:
-                kept.append(_Segment(segment.start, segment.ulaw[:played], segment.turn))
             if turn is not None and segment.turn == turn.number:
-                heard += played
-        self.agent = kept
+                unplayed += len(segment.ulaw) - played
+            if played:
+                self.agent.append(_Segment(segment.start, segment.ulaw[:played], segment.turn))
+                break
         self.queue_end = min(self.queue_end, now)
         self.marks = {n: m for n, m in self.marks.items() if m.played_at <= now}  # the rest prove nothing now
         self.events.append(Event(now, "clear", "Twilio's buffer emptied"))
         if turn is not None and turn.heard_limit is None:
-            turn.heard_limit = heard
+            heard = turn.heard_limit = turn.sent - unplayed
             heard_text, unheard_text = _split(turn)
             self.barge_ins.append(BargeIn(now, turn.number, turn.sent / RATE, heard / RATE, turn.confirmed / RATE,
                                           heard_text, unheard_text))
