@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     from phonebridge.commands import add_commands
 
     add_commands(sub)
+    from phonebridge.inspect_cli import add_parser as add_inspect
+
+    add_inspect(sub)
     return parser
 
 

@@ -81,8 +81,24 @@ async def demo_call(
         caller.write_wav(out_dir / "call.wav")
         summary = _summary(harness, caller, time.monotonic() - started, printer)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    printer.line(f"wrote {out_dir / 'call.wav'}, the cassette and {out_dir / 'summary.json'}")
+    viewer = _write_viewer(out_dir, caller.call_sid, printer)
+    printer.line(f"wrote {out_dir / 'call.wav'}, {viewer or 'the cassette'} and {out_dir / 'summary.json'}")
     return summary
+
+
+def _write_viewer(out_dir: Path, call_sid: str, printer: _Printer) -> str | None:
+    """call.html beside call.wav: the call's timeline, from the cassette the bridge just wrote."""
+    from phonebridge.errors import PhonebridgeError
+    from phonebridge.inspect_cli import write_call_html
+
+    cassettes = sorted(out_dir.glob(f"{call_sid}*.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not cassettes:
+        return None
+    try:
+        return f"{write_call_html(cassettes[-1], out_dir / 'call.html')} (the call's timeline: open it in a browser)"
+    except PhonebridgeError as exc:  # the call itself went fine: say why there is no viewer, and go on
+        printer.line(f"no call.html: {exc}")
+        return None
 
 
 async def _caller_side(caller: Any, first: bytes | str, speed: float) -> None:
