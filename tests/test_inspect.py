@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import stat
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from phonebridge.cli import main
 from phonebridge.inspect_audio import MAX_BUCKETS
 from phonebridge.inspect_html import render_html
 from phonebridge.inspect_model import build_timeline
-from phonebridge.recording import load_cassette
+from phonebridge.recording import Cassette, CassetteError, Record, load_cassette
 
 CASSETTES = Path(__file__).parent / "cassettes"
 
@@ -163,9 +164,18 @@ def test_cassette_text_cannot_escape_into_the_page(tmp_path):
     assert "&lt;/script&gt;&lt;script&gt;alert(1)" in page
 
 
+def _in_memory(records: list[tuple[float, str, object]]) -> Cassette:
+    """A cassette the reader would refuse (it bounds `t` and wants finite numbers), built past the reader so the
+    viewer's own bounds are tested: the viewer must not trust that every Cassette came through load_cassette."""
+    rows = tuple(Record(t, kind, data, n + 2) for n, (t, kind, data) in enumerate(records))
+    return Cassette("odd.jsonl", {"cassette": 1, "call_sid": "CAtest", "stream_sid": "MZtest"}, rows, True, 0)
+
+
 def test_the_envelope_is_bounded_whatever_the_recorded_times(tmp_path):
-    path = _cassette(tmp_path, [_media("twilio_in", 160, loud=True), (1e7, "twilio_in", {"event": "stop"})])
-    tl = build_timeline(load_cassette(path))
+    records = [_media("twilio_in", 160, loud=True), (1e7, "twilio_in", {"event": "stop"})]
+    with pytest.raises(CassetteError, match="'t' must be a number of seconds"):
+        load_cassette(_cassette(tmp_path, records))  # the reader refuses a 115-day call ...
+    tl = build_timeline(_in_memory(records))  # ... and the viewer still bounds what it draws
     assert tl.duration_s == 1e7
     assert len(tl.caller_envelope.lows) <= MAX_BUCKETS
     assert '"audio":null' in render_html(tl)  # too long to embed: drawn, not played
@@ -174,10 +184,14 @@ def test_the_envelope_is_bounded_whatever_the_recorded_times(tmp_path):
 def test_bad_base64_and_non_finite_times_draw_as_nothing(tmp_path):
     path = tmp_path / "odd.jsonl"
     path.write_text('{"cassette": 1}\n'
-                    '{"t": NaN, "kind": "twilio_in", "data": {"event": "media", "media": {"payload": "!!!"}}}\n'
-                    '{"t": Infinity, "kind": "twilio_out", "data": {"event": "media", "media": {"payload": 7}}}\n'
-                    '{"t": 0.5, "kind": "twilio_in", "data": {"event": "stop"}}\n')
-    tl = build_timeline(load_cassette(path))
+                    '{"t": NaN, "kind": "twilio_in", "data": {"event": "media", "media": {"payload": "!!!"}}}\n')
+    with pytest.raises(CassetteError, match="line 2: 't' must be"):
+        load_cassette(path)
+    tl = build_timeline(_in_memory([
+        (math.nan, "twilio_in", {"event": "media", "media": {"payload": "!!!"}}),
+        (math.inf, "twilio_out", {"event": "media", "media": {"payload": 7}}),
+        (0.5, "twilio_in", {"event": "stop"}),
+    ]))
     assert (tl.duration_s, tl.caller_audio, tl.agent_audio) == (0.5, (), ())
     assert [e.kind for e in tl.events] == ["stop"] and "Hang-up" in render_html(tl)
 
