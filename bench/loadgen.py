@@ -75,7 +75,7 @@ async def converse(call: Call, utterance: bytes, deadline: float) -> None:
                 await _until_agent_done(caller)
             seen = caller.media_bytes_received
             await caller.say(utterance, rate=RATE)
-            await caller.wait_for(lambda c: c.media_bytes_received > seen, DIAL_TIMEOUT_S)
+            await caller.wait_for(lambda c, seen=seen: c.media_bytes_received > seen, DIAL_TIMEOUT_S)
     except TimeoutError as exc:
         if caller.up and time.monotonic() < deadline:  # a wait cut short by the end of the run is no stall
             call.stalls.append(str(exc)[:200])

@@ -90,7 +90,7 @@ async def place_call(nginx: Nginx, record: CallRecord, turns: int, timeout: floa
     try:
         expected = GREETING_S
         for turn in range(turns + 1):
-            await caller.wait_for(lambda c: not c.up or (c.heard_seconds >= expected - HEARD_SLACK_S
+            await caller.wait_for(lambda c, expected=expected: not c.up or (c.heard_seconds >= expected - HEARD_SLACK_S
                                                           and c.playback_idle), timeout)
             record.greeted.set()
             if not caller.up:

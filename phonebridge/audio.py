@@ -159,7 +159,8 @@ def _kaiser_lowpass(pass_edge: float, stop_edge: float) -> np.ndarray:
     length = math.ceil((attenuation - 7.95) / (2.285 * 2 * math.pi * (stop_edge - pass_edge))) + 1 | 1
     cutoff = (pass_edge + stop_edge) / 2
     n = np.arange(length) - (length - 1) / 2
-    return 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(length, 0.1102 * (attenuation - 8.7))
+    taps: np.ndarray = 2 * cutoff * np.sinc(2 * cutoff * n) * np.kaiser(length, 0.1102 * (attenuation - 8.7))
+    return taps
 
 
 def _unit_sum(phase: np.ndarray) -> np.ndarray:
@@ -169,7 +170,8 @@ def _unit_sum(phase: np.ndarray) -> np.ndarray:
     out some steps off, and the phases' mismatch would leave a faint tone at multiples of src_rate.
     """
     scale = float(1 << _COEFFICIENT_BITS)
-    return np.round(phase / phase.sum() * scale) / scale
+    rounded: np.ndarray = np.round(phase / phase.sum() * scale) / scale
+    return rounded
 
 
 class Resampler:
@@ -195,7 +197,7 @@ class Resampler:
         # Held after a step: taps - 1 + fewer than `row_inputs` samples and an odd byte; then a chunk arrives.
         samples = f.taps + 2 * f.row_inputs + _CHUNK + 1
         self._buffer = np.zeros(samples, dtype="<i2")
-        self._bytes = memoryview(self._buffer).cast("B")
+        self._bytes = memoryview(self._buffer.data).cast("B")
         rows = (samples - f.row_window) // f.row_inputs + 1
         # Every row's window, all overlapping views of the buffer (np.dot copies them into one matrix).
         self._windows = as_strided(self._buffer, shape=(rows, f.row_window), strides=(2 * f.row_inputs, 2))

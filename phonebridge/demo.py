@@ -123,7 +123,7 @@ async def _agent_turn(caller: Any, quiet_s: float, timeout: float) -> None:
     while True:
         seen = len(caller.events)
         try:
-            await caller.wait_for(lambda c: len(c.events) > seen, max(quiet_s, 0.05))
+            await caller.wait_for(lambda c, seen=seen: len(c.events) > seen, max(quiet_s, 0.05))
         except TimeoutError:
             await caller.wait_for(lambda c: c.playback_idle, timeout)
             return

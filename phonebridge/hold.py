@@ -82,4 +82,5 @@ def _comfort_noise(rate: int, length: int) -> np.ndarray:
     shape[0] = 0.0  # no DC offset
     spectrum = shape * (rng.standard_normal(len(freqs)) + 1j * rng.standard_normal(len(freqs)))
     noise = np.fft.irfft(spectrum, length)
-    return noise / np.sqrt(np.mean(noise**2))
+    unit: np.ndarray = noise / np.sqrt(np.mean(noise**2))
+    return unit

@@ -305,7 +305,7 @@ def _parse_records(path: Path, lines: Iterable[tuple[int, str]]) -> tuple[list[R
         if kind not in KINDS or not isinstance(data, dict):
             raise CassetteError(f"{path}: line {number}: expected {{t, kind, data}} with a known kind and an "
                                 f"object as data, got {line[:120]}")
-        if type(t) not in (int, float) or not 0.0 <= t <= MAX_T_S:  # also NaN and infinities, and booleans
+        if not isinstance(t, (int, float)) or type(t) is bool or not 0.0 <= t <= MAX_T_S:  # and NaN, infinities
             raise CassetteError(f"{path}: line {number}: 't' must be a number of seconds from 0 to {MAX_T_S:.0f}, "
                                 f"got {str(t)[:40]}")
         if t < last_t:

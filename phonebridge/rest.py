@@ -29,7 +29,7 @@ from phonebridge.errors import ConfigError, TwilioApiError
 _log = logging.getLogger("phonebridge.rest")
 
 
-class ApiBaseHttpClient(TwilioHttpClient):
+class ApiBaseHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped (Any)
     """twilio's HTTP client with `https://*.twilio.com` swapped for `api_base` (scheme and host only)."""
 
     def __init__(self, api_base: str, **kwargs: Any) -> None:

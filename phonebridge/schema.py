@@ -168,7 +168,7 @@ def _split_annotated(annotation: Any) -> tuple[Any, list[str]]:
     base, *metadata = typing.get_args(annotation)
     notes = [m for m in metadata if isinstance(m, str)]
     rest = [m for m in metadata if not isinstance(m, str)]
-    return (Annotated[(base, *rest)] if rest else base), notes  # type: ignore[return-value]
+    return (Annotated[(base, *rest)] if rest else base), notes
 
 
 def _parameter_schema(param: Parameter) -> types.Schema:

@@ -24,7 +24,7 @@ import hmac
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from twilio.request_validator import (  # type: ignore[import-untyped]  # twilio ships no type hints
+from twilio.request_validator import (
     RequestValidator,
     get_signature_algorithm,
 )

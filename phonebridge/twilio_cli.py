@@ -23,7 +23,7 @@ import sys
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from twilio.base.exceptions import TwilioException  # type: ignore[import-untyped]  # twilio ships no type hints
+from twilio.base.exceptions import TwilioException
 
 from phonebridge.config import Settings
 from phonebridge.errors import ConfigError, TwilioApiError

@@ -17,7 +17,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from twilio.twiml.voice_response import Dial, VoiceResponse  # type: ignore[import-untyped]  # twilio ships no type hints
+from twilio.twiml.voice_response import Dial, VoiceResponse
 
 MAX_TWIML_CHARS = 4000
 MAX_PARAMETER_CHARS = 500

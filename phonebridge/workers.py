@@ -72,8 +72,6 @@ def run_worker(agent_spec: str, settings: Settings, host: str, port: int, log_le
     # Until serve() installs its loop's handlers, a stop signal simply ends the worker cleanly.
     for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_cleanly)
-    import asyncio
-
     from phonebridge.agent import load_agent
     from phonebridge.cli import run_loop, serve
     from phonebridge.logs import setup_logging

@@ -7,7 +7,6 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import math
 
 import aiohttp
 import pytest

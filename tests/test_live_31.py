@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from google import genai
 
-from phonebridge.agent import Agent
 from phonebridge.live_resend import REPLAY_BYTES
 from phonebridge.model import LiveLink
 from phonebridge.model_wire import audio_events

@@ -296,7 +296,7 @@ async def test_audio_with_extra_fields_reaches_the_call_as_the_sdk_would_give_it
         events: list = []
         done = asyncio.Event()
 
-        async def sink(event: object) -> None:
+        async def sink(event: object, events: list = events, done: asyncio.Event = done) -> None:
             events.append(event)
             if isinstance(event, TurnComplete):
                 done.set()

@@ -155,9 +155,9 @@ async def test_a_sixty_minute_call_rotates_connections_and_loses_no_turn():
     async with BridgeHarness(make_agent(), script, speed=1000.0) as h:
         async with h.caller(continuous=False, speed=math.inf) as caller:
             for rotation in range(1, 7):
-                await h.emulator.wait_for(lambda: connected(h, rotation + 1), timeout=20)
+                await h.emulator.wait_for(lambda rotation=rotation: connected(h, rotation + 1), timeout=20)
                 await speak(caller)
-                await h.emulator.wait_for(lambda: conv(h).turns_spoken == 1 + rotation, timeout=20)
+                await h.emulator.wait_for(lambda rotation=rotation: conv(h).turns_spoken == 1 + rotation, timeout=20)
             assert not caller.closed_by_server
         await h.wait_idle()
     connections = h.emulator.connections

@@ -332,7 +332,10 @@ async def test_a_legitimate_call_s_agent_never_sees_the_stream_token() -> None:
 
     starts: list[dict[str, Any]] = []
     script = Script([WaitForText(), CallTools((ToolCallSpec("whoami", {}),)), Say("Hi.", seconds=0.2)])
-    observer = lambda kind, data: starts.append(data) if kind == "call_start" else None
+    def observer(kind: str, data: dict[str, Any]) -> None:
+        if kind == "call_start":
+            starts.append(data)
+
     async with BridgeHarness(agent, script, observers=[observer]) as h:
         async with h.caller(continuous=False) as caller:
             await caller.wait_heard(0.1)

@@ -197,7 +197,8 @@ class _Received:
 def server_message(data: dict[str, Any]) -> dict[str, Any]:
     """A recorded LiveServerMessage (snake_case JSON) as the service sends it: camelCase, standard base64."""
     message = types.LiveServerMessage.model_validate(data)
-    return _wire(message.model_dump(mode="python", by_alias=True, exclude_none=True))
+    wire: dict[str, Any] = _wire(message.model_dump(mode="python", by_alias=True, exclude_none=True))
+    return wire
 
 
 def _wire(value: Any) -> Any:

@@ -46,7 +46,8 @@ def synth_speech(
         signal = np.tile(signal, reps)[:wanted]
     peak = float(np.sqrt(np.mean(signal**2))) or 1.0
     signal *= 10 ** (level_dbfs / 20) * 32767 / peak
-    return np.clip(signal, -32768, 32767).astype("<i2").tobytes()
+    pcm: bytes = np.clip(signal, -32768, 32767).astype("<i2").tobytes()
+    return pcm
 
 
 def _syllable(rate: int, f0: float, formants: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
