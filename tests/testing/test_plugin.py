@@ -45,6 +45,31 @@ def test_fixtures_are_offered_to_a_fresh_session(pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=3)
 
 
+def test_async_tests_using_phonebridge_run_without_asyncio_mode(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio's default, strict mode: no asyncio_mode, no markers written by the user."""
+    pytester.makepyfile(
+        test_fixture="""
+        async def test_rest(twilio_rest):
+            assert twilio_rest.api_base.startswith("http")
+        """,
+        test_harness="""
+        import asyncio
+        from phonebridge.testing.harness import BridgeHarness
+
+        async def test_uses_the_harness_module():
+            await asyncio.sleep(0)
+            assert BridgeHarness
+        """,
+        test_unrelated="""
+        async def test_not_ours():  # no phonebridge here: not ours to mark
+            pass
+        """,
+    )
+    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_unrelated.py::test_not_ours*"])
+
+
 async def test_twilio_rest_fixture_is_started(twilio_rest: TwilioRestEmulator) -> None:
     sid = twilio_rest.add_number("+15557654321")
     client = twilio_rest.client()
