@@ -36,16 +36,15 @@ CALLER_LINES = (
 
 
 def add_parser(sub: Any) -> None:
-    demo = sub.add_parser(
-        "demo", help="a whole call on this machine: simulated caller, emulated (or real) Gemini",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    demo = sub.add_parser("demo", help="a whole call on this machine: simulated caller, emulated (or real) Gemini")
     demo.add_argument("--agent", default=DEFAULT_AGENT,
-                      help="agent file or module; other than the pizzeria, the call exercises its own tools")
+                      help="agent file or module; other than the pizzeria, the call exercises its own tools "
+                      "(default: %(default)s)")
     demo.add_argument("--caller-audio", default=None, help="a WAV file to play as the caller's first words")
-    demo.add_argument("--out", default="phonebridge-demo", help="where call.wav, the cassette and summary go")
+    demo.add_argument("--out", default="phonebridge-demo", help="where call.wav, the cassette and summary go (default: %(default)s)")
     demo.add_argument("--speed", type=float, default=3.0,
-                      help="how much faster than real time (1 = real time); printed times are call.wav's")
+                      help="how much faster than real time (1 = real time; --live is always 1); printed times "
+                      "are call.wav's (default: %(default)s)")
     demo.add_argument("--live", action="store_true", help="talk to the real Gemini (needs GEMINI_API_KEY)")
     demo.add_argument("--verbose", action="store_true", help="also show the bridge's own log lines")
     demo.set_defaults(run=run_demo)

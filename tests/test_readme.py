@@ -32,3 +32,26 @@ def test_the_readme_example_runs_in_a_users_own_project(tmp_path):
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout, done.stdout
+
+
+PACKAGE = README.parent / "phonebridge"
+# How the package reads a variable: os.environ.get / os.getenv / os.environ[...] / env.get (a Mapping passed
+# in, os.environ by default), and the rows of config.ENV_VARS. Writing one (environ.setdefault) is not reading.
+_READS = re.compile(r"""(?:environ\.get|getenv|env\.get|environ\[|EnvVar)\(?\s*["']([A-Z][A-Z0-9_]+)["']""")
+
+
+def _variables_read() -> set[str]:
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        found |= set(_READS.findall(path.read_text()))
+    return found
+
+
+def test_every_environment_variable_the_package_reads_is_in_the_readme_configuration_table():
+    text = README.read_text()
+    table = text[text.index("## Configuration"):]
+    table = table[: table.index("\n## ", 1)]
+    documented = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    read = _variables_read()
+    assert {"PHONEBRIDGE_MAX_CALLS", "PHONEBRIDGE_EVENT_LOOP", "PORT", "PHONEBRIDGE_FROM_NUMBER"} <= read  # the grep works
+    assert sorted(read - documented) == []
