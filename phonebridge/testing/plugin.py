@@ -93,14 +93,19 @@ if pytest_asyncio is not None:
         """Mark our users' async tests for pytest-asyncio before it looks at them (then let pytest collect)."""
         if not (inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name)):  # type: ignore[attr-defined]
             return
-        marks = {getattr(m, "name", "") for m in getattr(obj, "pytestmark", [])}
         module = getattr(collector, "module", None)
-        marks |= {getattr(m, "name", "") for m in getattr(module, "pytestmark", [])}
-        if marks & _OTHER_RUNNERS:
+        owners = (obj, getattr(collector, "obj", None), module)  # the function, its class or module, the module
+        if {name for owner in owners for name in _mark_names(owner)} & _OTHER_RUNNERS:
             return
         uses_fixtures = bool(FIXTURES & set(inspect.signature(obj).parameters))  # type: ignore[arg-type]
         if uses_fixtures or (isinstance(module, ModuleType) and _imports_our_testing(module)):
             pytest.mark.asyncio(obj)
+
+    def _mark_names(owner: object) -> set[str]:
+        """The names of the marks on a function, class or module (`pytestmark` may be one mark or a list)."""
+        marks = getattr(owner, "pytestmark", [])
+        marks = marks if isinstance(marks, (list, tuple)) else [marks]
+        return {str(getattr(m, "name", "")) for m in marks}
 
     def _imports_our_testing(module: ModuleType) -> bool:
         """Whether a test module imported anything from phonebridge.testing (a class, a function, a module)."""

@@ -115,3 +115,29 @@ async def test_callers_from_the_factory_are_hung_up_at_teardown(
     await ended.wait()
     await runner.cleanup()
     assert len(stops) == 1 and not caller.up
+
+
+def test_tests_already_marked_for_another_runner_or_by_module_are_left_alone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+        from phonebridge.testing.harness import BridgeHarness
+
+        pytestmark = pytest.mark.asyncio  # one mark, not a list: the form many suites use
+
+        async def test_module_marked():
+            assert BridgeHarness
+        """,
+        test_trio="""
+        import pytest
+        from phonebridge.testing.harness import BridgeHarness
+
+        pytestmark = [pytest.mark.trio]
+
+        async def test_for_trio():  # not ours to run on asyncio: pytest reports it unsupported, as before
+            pass
+        """,
+    )
+    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-p", "no:cacheprovider", "-W", "ignore")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_trio.py::test_for_trio*"])
