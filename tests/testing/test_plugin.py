@@ -65,7 +65,8 @@ def test_async_tests_using_phonebridge_run_without_asyncio_mode(pytester: pytest
             pass
         """,
     )
-    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-p", "no:cacheprovider")
+    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-o", "asyncio_default_fixture_loop_scope=function",
+                                "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["*test_unrelated.py::test_not_ours*"])
 
