@@ -1,25 +1,30 @@
 """`phonebridge demo`: a whole phone call on this machine, offline.
 
-The real bridge runs on loopback; a LiveEmulator plays the model with a scripted pizzeria conversation
-(greeting, a question, a tool call, a barge-in, goodbye), and a TwilioCaller plays the caller with
-speech-like audio. The conversation prints as it happens; the call's stereo WAV, its cassette and a summary
-are written to --out. With --live and GEMINI_API_KEY set, the same caller talks to the real Gemini.
+The real bridge runs on loopback; a LiveEmulator plays the model and a TwilioCaller plays the caller. The
+pizzeria example (the default) gets a scripted pizzeria conversation (greeting, a question, a tool call, a
+barge-in, goodbye); any other agent gets a conversation derived from its own tools, as `phonebridge dev`
+makes one. The caller speaks in words through espeak-ng where it is installed, else in the built-in babble.
+The conversation prints as it happens, timed as in call.wav; the call's stereo WAV, its cassette and a
+summary are written to --out. With --live and GEMINI_API_KEY set, the same caller talks to the real Gemini.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from phonebridge.agent import Agent, load_agent
+from phonebridge.demo_report import Printer, summary
 from phonebridge.errors import ConfigError
 
 DEFAULT_AGENT = "phonebridge.examples.pizzeria"
@@ -32,10 +37,14 @@ CALLER_LINES = (
 
 def add_parser(sub: Any) -> None:
     demo = sub.add_parser("demo", help="a whole call on this machine: simulated caller, emulated (or real) Gemini")
-    demo.add_argument("--agent", default=DEFAULT_AGENT, help="agent file or module (default: the pizzeria example)")
+    demo.add_argument("--agent", default=DEFAULT_AGENT,
+                      help="agent file or module; other than the pizzeria, the call exercises its own tools "
+                      "(default: %(default)s)")
     demo.add_argument("--caller-audio", default=None, help="a WAV file to play as the caller's first words")
-    demo.add_argument("--out", default="phonebridge-demo", help="where call.wav, the cassette and summary go")
-    demo.add_argument("--speed", type=float, default=3.0, help="how much faster than real time (1 = real time)")
+    demo.add_argument("--out", default="phonebridge-demo", help="where call.wav, the cassette and summary go (default: %(default)s)")
+    demo.add_argument("--speed", type=float, default=3.0,
+                      help="how much faster than real time (1 = real time; --live is always 1); printed times "
+                      "are call.wav's (default: %(default)s)")
     demo.add_argument("--live", action="store_true", help="talk to the real Gemini (needs GEMINI_API_KEY)")
     demo.add_argument("--verbose", action="store_true", help="also show the bridge's own log lines")
     demo.set_defaults(run=run_demo)
@@ -51,42 +60,77 @@ def run_demo(args: argparse.Namespace) -> int:
     speed = 1.0 if args.live else args.speed
     result = asyncio.run(demo_call(agent, Path(args.out), speed=speed, caller_audio=args.caller_audio,
                                    live=args.live, out=sys.stdout))
+    for problem in result["problems"]:
+        print(f"phonebridge demo: {problem}", file=sys.stderr)
     return 0 if result["ok"] else 1
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Both sides of one demo conversation: the emulator's script and what the caller says."""
+
+    name: str
+    script: Any  # a Script, or a factory of one from the emulator connection's setup
+    lines: tuple[str, ...]
+    barge_in: bool  # the caller cuts into the agent's answer before its last line
+    agent_ends: bool  # the script ends with end_call: wait for the agent to hang up
+
+
+def plan_for(agent: Agent) -> Plan:
+    """The pizzeria script for an agent with the pizzeria's tools; otherwise one derived from its tools."""
+    from phonebridge.testing import demo_script as ds
+    from phonebridge.tools import all_tools
+
+    names = all_tools(agent).names
+    if ds.fits_pizzeria(names):
+        return Plan("pizzeria", ds.demo_script(), CALLER_LINES, barge_in=True, agent_ends=True)
+    own = ds.own_tools([{"name": n} for n in names])
+    greets, ends = agent.greeting is not None, agent.end_call
+
+    def script(setup: dict[str, Any]) -> Any:
+        from phonebridge.dev_script import declarations_of
+
+        return ds.derived_demo_script(declarations_of(setup), greets=greets, ends_call=ends)
+
+    lines = (*(ds.caller_line(d) for d in own), ds.GOODBYE_LINE)
+    tools = ", ".join(str(d["name"]) for d in own) or "none of its own"
+    return Plan(f"derived from the agent's tools ({tools})", script, lines, barge_in=False, agent_ends=ends)
 
 
 async def demo_call(
     agent: Agent, out_dir: Path, *, speed: float = 3.0, caller_audio: str | None = None, live: bool = False,
-    out: TextIO = sys.stdout,
+    out: TextIO = sys.stdout, plan: Plan | None = None,
 ) -> dict[str, Any]:
-    """Run the demo call; returns the summary it also writes to `out_dir/summary.json`."""
-    from phonebridge.testing.demo_script import demo_script
+    """Run the demo call; returns the summary it also writes to `out_dir/summary.json`.
+
+    `plan` overrides the conversation chosen for the agent (a test plays the pizzeria script to another)."""
     from phonebridge.testing.harness import BridgeHarness
-    from phonebridge.testing.wav import read_wav
+    from phonebridge.testing.speech import speech_engine
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    printer = _Printer(out)
-    harness = BridgeHarness(agent, demo_script(), speed=speed, observers=[printer], record_dir=out_dir,
-                            live=live)
+    plan, voice, printer = plan or plan_for(agent), speech_engine(), Printer(out)
+    printer.line(f"script: {'the real Gemini (--live)' if live else plan.name}")
+    printer.line(f"caller voice: {_voice_note(voice)}")
+    harness = BridgeHarness(agent, plan.script, speed=speed, observers=[printer], record_dir=out_dir, live=live)
     started = time.monotonic()
     async with harness:
         caller = harness.caller()
-        first: bytes | str = CALLER_LINES[0]
-        if caller_audio:
-            first = read_wav(caller_audio, 8000)
+        said = await asyncio.to_thread(_utterances, plan, voice, caller_audio)  # before the clock starts
         async with caller:
+            printer.clock = caller._now  # the caller's timeline: the clock call.wav is written on
             printer.line(f"call {caller.call_sid} from {caller.from_number} to {caller.to_number}")
-            await _caller_side(caller, first, speed)
-            await caller.closed(timeout=60)
+            await _converse(caller, plan, said, speed, agent_ends=plan.agent_ends and not live)
         await harness.wait_idle()
         caller.write_wav(out_dir / "call.wav")
-        summary = _summary(harness, caller, time.monotonic() - started, printer)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        result = summary(harness, caller, time.monotonic() - started, printer, wants_barge_in=plan.barge_in
+                         and not live, script="live" if live else plan.name, voice=voice)
+    (out_dir / "summary.json").write_text(json.dumps(result, indent=2, default=str))
     viewer = _write_viewer(out_dir, caller.call_sid, printer)
     printer.line(f"wrote {out_dir / 'call.wav'}, {viewer or 'the cassette'} and {out_dir / 'summary.json'}")
-    return summary
+    return result
 
 
-def _write_viewer(out_dir: Path, call_sid: str, printer: _Printer) -> str | None:
+def _write_viewer(out_dir: Path, call_sid: str, printer: Printer) -> str | None:
     """call.html beside call.wav: the call's timeline, from the cassette the bridge just wrote."""
     from phonebridge.errors import PhonebridgeError
     from phonebridge.inspect_cli import write_call_html
@@ -101,16 +145,53 @@ def _write_viewer(out_dir: Path, call_sid: str, printer: _Printer) -> str | None
         return None
 
 
-async def _caller_side(caller: Any, first: bytes | str, speed: float) -> None:
+def _utterances(plan: Plan, voice: str, caller_audio: str | None) -> list[bytes]:
+    """The caller's lines as 8 kHz PCM (the first from --caller-audio when given)."""
+    from phonebridge.testing.speech import speak
+    from phonebridge.testing.wav import read_wav
+
+    said = [speak(line, 8000, engine=voice) for line in plan.lines]
+    if caller_audio and len(said) > 1:
+        said[0] = read_wav(caller_audio, 8000)
+    return said
+
+
+def _voice_note(voice: str) -> str:
+    if voice == "espeak-ng":
+        return "espeak-ng (spoken words)"
+    return "built-in babble (speech-like, not words: install espeak-ng for words)"
+
+
+async def _converse(caller: Any, plan: Plan, said: list[bytes], speed: float, *, agent_ends: bool) -> None:
+    """The caller's side, until the call is over; it stops early if the bridge ends the call first."""
+    side = asyncio.create_task(_caller_side(caller, plan, said, speed))
+    ended = asyncio.create_task(caller.closed(timeout=math.inf))
+    await asyncio.wait({side, ended}, return_when=asyncio.FIRST_COMPLETED)
+    if not side.done():  # e.g. the model is unreachable: the bridge ended the call, nothing more to say
+        side.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await side  # a caller-side error (a timeout) surfaces here
+    if agent_ends:
+        await asyncio.wait_for(asyncio.shield(ended), 60)
+    elif not ended.done():
+        await caller.hangup()
+    ended.cancel()
+
+
+async def _caller_side(caller: Any, plan: Plan, said: list[bytes], speed: float) -> None:
     timeout = 60.0 if math.isinf(speed) else 120.0 / speed + 30
     quiet_s = 0.0 if math.isinf(speed) else 0.8 / speed
+    *lines, last = said
     await _agent_turn(caller, quiet_s, timeout)  # the greeting
-    await caller.say(first)
-    await _agent_turn(caller, quiet_s, timeout)  # the answer, after a tool call
-    await caller.say(CALLER_LINES[1])
-    heard = caller.heard_seconds
-    await caller.wait_heard(heard + 2.5, timeout)  # into the long answer ...
-    await caller.say(CALLER_LINES[2])  # ... and the caller cuts in
+    for index, line in enumerate(lines):
+        await caller.say(line)
+        if plan.barge_in and index == len(lines) - 1:
+            await caller.wait_heard(caller.heard_seconds + 2.5, timeout)  # into the long answer ...
+        else:
+            await _agent_turn(caller, quiet_s, timeout)
+    await caller.say(last)  # ... and the caller cuts in; or says goodbye
+    if not plan.agent_ends:
+        await _agent_turn(caller, quiet_s, timeout)
 
 
 async def _agent_turn(caller: Any, quiet_s: float, timeout: float) -> None:
@@ -127,53 +208,3 @@ async def _agent_turn(caller: Any, quiet_s: float, timeout: float) -> None:
         except TimeoutError:
             await caller.wait_for(lambda c: c.playback_idle, timeout)
             return
-
-
-class _Printer:
-    """Prints the call as it happens, from the bridge's observer events."""
-
-    def __init__(self, out: TextIO) -> None:
-        self._out, self._t0 = out, time.monotonic()
-        self.tools: list[dict[str, Any]] = []
-
-    def line(self, text: str) -> None:
-        print(f"{time.monotonic() - self._t0:6.2f}s  {text}", file=self._out, flush=True)
-
-    def __call__(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "transcript":
-            self.line(f"{'caller' if data['who'] == 'caller' else 'agent '}: {data['text']}")
-        elif kind == "tool_call":
-            args = ", ".join(f"{k}={v!r}" for k, v in data["args"].items())
-            self.line(f"  -> tool {data['name']}({args})")
-        elif kind == "tool_result":
-            self.tools.append(data)
-            self.line(f"  <- {data['name']} {data['status']} in {data['latency_s'] * 1000:.1f} ms: "
-                      f"{json.dumps(data['response'], default=str)[:120]}")
-        elif kind == "barge_in":
-            self.line(f"  !! caller barged in: audio cleared after {data['heard_s']:.2f} s of the answer")
-        elif kind == "call_end":
-            stats = data["stats"]
-            self.line(f"call ended: {stats.outcome}")
-
-
-def _summary(harness: Any, caller: Any, elapsed: float, printer: _Printer) -> dict[str, Any]:
-    stats = harness.runtime.finished[-1] if harness.runtime.finished else None
-    conversation_ok = stats is not None and stats.outcome == "agent_hung_up" and stats.barge_ins >= 1
-    summary = {
-        "ok": conversation_ok and not harness.emulator.failures,
-        "outcome": stats.outcome if stats else "no call",
-        "wall_seconds": round(elapsed, 2),
-        "caller_heard_seconds": round(caller.heard_seconds, 2),
-        "turns": stats.turns if stats else 0,
-        "barge_ins": stats.barge_ins if stats else 0,
-        "first_audio_ms": round(stats.first_audio_s * 1000, 1) if stats and stats.first_audio_s else None,
-        "tool_calls": [{k: t[k] for k in ("name", "status", "latency_s")} for t in printer.tools],
-        "transcript": [{"at": round(a, 2), "who": w, "text": t} for a, w, t in (stats.transcript if stats else [])],
-        "emulator_failures": list(harness.emulator.failures),
-    }
-    printer.line(
-        f"summary: {summary['outcome']}, {summary['turns']} agent turns, {summary['barge_ins']} barge-in, "
-        f"{len(summary['tool_calls'])} tool calls, first audio {summary['first_audio_ms']} ms, "
-        f"{summary['wall_seconds']} s"
-    )
-    return summary

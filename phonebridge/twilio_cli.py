@@ -110,15 +110,37 @@ async def place_call(
 ) -> int:
     """Place the call, print its SID, then (with `follow`) print each status until it ends.
 
-    Returns 0 when the call completed (or was not followed), 1 when it ended unanswered or failed.
+    Returns 0 when the call completed (or was not followed), 1 when it ended unanswered or failed. Cancelled
+    while following (Ctrl-C), it hangs up the call it placed before the cancellation goes on: a call
+    nobody follows any more must not ring on, or stay up, on the user's account.
     """
     out = out or sys.stdout
     url = outbound_url(settings, extra or {})
     status_callback = _public(settings).webhook_url(STATUS_PATH)
-    sid = await _credentials(rest.create_call(to, from_, url=url, status_callback=status_callback))
+    # Shielded: a Ctrl-C while the create is in flight must still learn the SID, to hang that call up.
+    creating = asyncio.ensure_future(_credentials(rest.create_call(to, from_, url=url, status_callback=status_callback)))
+    try:
+        sid = await asyncio.shield(creating)
+    except asyncio.CancelledError:
+        await _hang_up_placed(rest, await creating, out)
+        raise
     print(sid, file=out, flush=True)
     if not follow:
         return 0
+    try:
+        return await _follow(rest, sid, poll_s, out)
+    except asyncio.CancelledError:
+        await _hang_up_placed(rest, sid, out)
+        raise
+
+
+async def _hang_up_placed(rest: TwilioRest, sid: str, out: TextIO) -> None:
+    """Status=completed: ends an answered call, cancels one still queued or ringing."""
+    ended = await rest.hang_up(sid)
+    print(f"{sid} hung up" if ended else f"{sid} had already ended", file=out, flush=True)
+
+
+async def _follow(rest: TwilioRest, sid: str, poll_s: float, out: TextIO) -> int:
     last = ""
     while True:
         status = str((await rest.fetch_call(sid))["status"])

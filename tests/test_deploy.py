@@ -20,7 +20,7 @@ from phonebridge.config import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest minor we support; newer schemas accept these too
-MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml")
+MANIFESTS = ("deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "ingress.yaml")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -115,9 +115,57 @@ def test_cloud_run_service_has_what_phone_calls_need() -> None:
     # Cloud Run kills an instance 10 s after SIGTERM: the drain must fit.
     assert Settings.from_env(env(c)).drain_timeout_s < 10
     assert c["startupProbe"]["httpGet"]["path"] == "/healthz"
-    assert template["spec"]["containerConcurrency"] == int(
-        env(container(k8s("deployment.yaml")))["PHONEBRIDGE_MAX_CALLS"]
-    )
+    # As many calls routed to an instance as it takes: fewer idles it, more hear the busy message.
+    assert template["spec"]["containerConcurrency"] == Settings.from_env(env(c)).max_calls
+    assert "PHONEBRIDGE_MAX_CALLS" in env(c)  # set, not the default 200 by accident
+    assert Settings.from_env(env(container(k8s("deployment.yaml")))).max_calls == Settings.from_env(env(c)).max_calls
+
+
+def test_cloud_run_secrets_are_created_granted_and_the_service_is_publicly_invokable_in_the_readme() -> None:
+    """deploy/README.md's commands and service.yaml name the same secrets, account, image and service."""
+    service = load(DEPLOY / "cloudrun" / "service.yaml")
+    spec = service["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in c["env"] if "valueFrom" in e}
+    assert secrets == {"twilio-auth-token", "gemini-api-key"}
+    text = (DEPLOY / "README.md").read_text()
+    for name in secrets:
+        assert f"gcloud secrets create {name} " in text
+    assert "for s in twilio-auth-token gemini-api-key; do" in text
+    assert "--role=roles/secretmanager.secretAccessor" in text
+    assert f"--member=serviceAccount:{spec['serviceAccountName']}" in text
+    name = service["metadata"]["name"]
+    assert f"gcloud run services add-iam-policy-binding {name} " in text
+    assert "--member=allUsers --role=roles/run.invoker" in text
+    image = c["image"]
+    assert f"docker push {image}" in text
+    build = load(DEPLOY / "cloudbuild.yaml")
+    (step,) = build["steps"]
+    pushed = build["images"][0].replace("${_REGION}", "REGION").replace("$PROJECT_ID", "PROJECT")
+    assert pushed == image and "deploy/Dockerfile" in step["args"]
+    assert (DEPLOY.parent / build["substitutions"]["_AGENT"]).is_file()
+    assert (DEPLOY.parent / build["substitutions"]["_REQUIREMENTS"]).is_file()
+
+
+# -- the Ingress ------------------------------------------------------------------------------------------
+
+def test_the_ingress_keeps_a_call_up_for_an_hour_and_reaches_the_service() -> None:
+    ingress, service = k8s("ingress.yaml"), k8s("service.yaml")
+    annotations = ingress["metadata"]["annotations"]
+    cloud_run = load(DEPLOY / "cloudrun" / "service.yaml")["spec"]["template"]["spec"]["timeoutSeconds"]
+    nginx = dict(nginx_block(NGINX_CONF.read_text(), "location /twilio/"))
+    for name in ("proxy-read-timeout", "proxy-send-timeout"):
+        value = int(annotations[f"nginx.ingress.kubernetes.io/{name}"])
+        assert value == cloud_run == seconds(nginx[name.replace("-", "_")]) == 3600
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    (rule,) = ingress["spec"]["rules"]
+    public = Settings.from_env(env(container(k8s("deployment.yaml")))).public_url or ""
+    assert rule["host"] == public.removeprefix("https://") and ingress["spec"]["tls"][0]["hosts"] == [rule["host"]]
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/twilio/", "Prefix")  # /metrics and /readyz stay inside
+    backend = path["backend"]["service"]
+    assert backend["name"] == service["metadata"]["name"]
+    assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
 
 
 # -- Dockerfile ---------------------------------------------------------------------------------------------
@@ -187,6 +235,21 @@ def test_image_is_slim_non_root_healthchecked_and_signal_ready() -> None:
     final = structure[max(i for i, item in enumerate(structure) if item["instruction"] == "FROM"):]
     order = [item["instruction"] for item in final]
     assert order.index("USER") > max(i for i, name in enumerate(order) if name == "RUN")
+
+
+def test_the_agents_own_dependencies_have_a_layer_before_the_agent_file() -> None:
+    structure = [i for i in dockerfile().structure if i["instruction"] != "COMMENT"]
+    final = structure[max(i for i, item in enumerate(structure) if item["instruction"] == "FROM"):]
+    lines = [f"{item['instruction']} {item['value']}" for item in final]
+    requirements = next(line for line in lines if line.startswith("ARG REQUIREMENTS="))
+    default = requirements.split("=", 1)[1]
+    assert (DEPLOY.parent / default).is_file()  # the default exists in the build context
+    copy_req = lines.index("COPY ${REQUIREMENTS} /app/requirements.txt")
+    install = lines.index("RUN pip install --no-cache-dir -r /app/requirements.txt")
+    copy_agent = lines.index("COPY ${AGENT} /app/agent.py")
+    assert lines.index(requirements) < copy_req < install < copy_agent  # agent edits keep the layer cached
+    # The default lists nothing, and is a file pip accepts: comments only.
+    assert all(not line.strip() or line.startswith("#") for line in (DEPLOY.parent / default).read_text().splitlines())
 
 
 def test_healthcheck_command_is_python_that_compiles() -> None:

@@ -181,3 +181,37 @@ def test_e164_and_params() -> None:
     assert parse_params(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
     with pytest.raises(ConfigError, match="NAME=VALUE"):
         parse_params(["novalue"])
+
+
+@pytest.mark.parametrize(("status", "ended_as"), [("in-progress", "completed"), ("ringing", "canceled")])
+async def test_ctrl_c_hangs_up_the_call_it_placed_and_exits_cleanly(
+    emulator: TwilioRestEmulator, status: str, ended_as: str
+) -> None:
+    """A subprocess, as a user runs it: SIGINT while following sends Status=completed for its call."""
+    import os
+    import signal
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "phonebridge.cli", "call", "+15550199", "--from", "+15550100", "--poll-interval", "0.02",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=dict(os.environ),
+    )
+    try:
+        await emulator.wait_for(lambda e: fetches(e) >= 1, timeout=30)
+        (sid,) = emulator.calls
+        await emulator.set_call_status(sid, status)
+        seen = fetches(emulator)
+        await emulator.wait_for(lambda e, seen=seen: fetches(e) > seen)  # it saw the new status
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, (out, err)
+    assert b"Traceback" not in err, err.decode()
+    hang_ups = [r for r in emulator.requests if r.method == "POST" and r.path == f"{ACCOUNT_PATH}/Calls/{sid}.json"]
+    assert [r.form for r in hang_ups] == [{"Status": "completed"}] and all(r.auth_ok for r in hang_ups)
+    assert emulator.calls[sid]["status"] == ended_as
+    assert out.decode().splitlines()[-1] == f"{sid} hung up"

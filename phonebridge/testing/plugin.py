@@ -18,6 +18,11 @@ without it this plugin defines nothing rather than break pytest.
     (:class:`phonebridge.testing.twilio_caller.TwilioCaller`, same keyword arguments). Every caller made is
     hung up and closed at teardown.
 
+No configuration needed: an ``async def`` test that uses one of these fixtures, or sits in a module that
+imports from ``phonebridge.testing`` (``BridgeHarness``, the emulators, ``live_script``), is marked
+``@pytest.mark.asyncio`` at collection, so it runs under pytest-asyncio's default strict mode without
+``asyncio_mode = "auto"``. A test already marked for asyncio, anyio or trio is left as it is.
+
 Example::
 
     async def test_greets(live_emulator, twilio_caller_factory, my_server_url):
@@ -27,9 +32,13 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import AsyncIterator, Callable
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 if TYPE_CHECKING:
     from phonebridge.testing.live_emulator import LiveEmulator
@@ -75,3 +84,33 @@ if pytest_asyncio is not None:
         yield make
         for caller in made:
             await caller.hangup()
+
+    FIXTURES = frozenset({"live_emulator", "twilio_rest", "twilio_caller_factory"})
+    _OTHER_RUNNERS = frozenset({"asyncio", "anyio", "trio"})
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+        """Mark our users' async tests for pytest-asyncio before it looks at them (then let pytest collect)."""
+        if not (inspect.iscoroutinefunction(obj) and collector.funcnamefilter(name)):  # type: ignore[attr-defined]
+            return
+        module = getattr(collector, "module", None)
+        owners = (obj, getattr(collector, "obj", None), module)  # the function, its class or module, the module
+        if {name for owner in owners for name in _mark_names(owner)} & _OTHER_RUNNERS:
+            return
+        uses_fixtures = bool(FIXTURES & set(inspect.signature(obj).parameters))
+        if uses_fixtures or (isinstance(module, ModuleType) and _imports_our_testing(module)):
+            pytest.mark.asyncio(obj)
+
+    def _mark_names(owner: object) -> set[str]:
+        """The names of the marks on a function, class or module (`pytestmark` may be one mark or a list)."""
+        marks = getattr(owner, "pytestmark", [])
+        marks = marks if isinstance(marks, (list, tuple)) else [marks]
+        return {str(getattr(m, "name", "")) for m in marks}
+
+    def _imports_our_testing(module: ModuleType) -> bool:
+        """Whether a test module imported anything from phonebridge.testing (a class, a function, a module)."""
+        for value in vars(module).values():
+            home = value.__name__ if isinstance(value, ModuleType) else getattr(value, "__module__", None)
+            if isinstance(home, str) and (home == "phonebridge.testing" or home.startswith("phonebridge.testing.")):
+                return True
+        return False

@@ -4,10 +4,18 @@ The emulators speak with it and the simulated callers talk with it. It is not in
 has what the bridge and the model's voice activity detection react to: a voiced pitch contour with
 harmonics, vowel formants, syllable envelopes around 4-5 Hz, unvoiced noise bursts and pauses between
 words. The same text always gives the same samples, so recorded calls replay bit for bit.
+
+`speak()` says words a person can understand where the machine can synthesise them (espeak-ng, when it is
+installed) and falls back to that babble otherwise; `phonebridge demo`'s caller talks with it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
 import zlib
 
 import numpy as np
@@ -80,3 +88,73 @@ def rms_dbfs(pcm16: bytes) -> float:
         return float("-inf")
     rms = float(np.sqrt(np.mean(samples**2)))
     return 20 * np.log10(rms / 32768) if rms > 0 else float("-inf")
+
+
+# -- words a listener can understand, where the machine can synthesise them -------------------------------
+
+ESPEAK = "espeak-ng"
+BABBLE = "babble"
+_PAUSE_CAP_S = 0.15  # the emulators end a caller's turn after 300 ms of quiet; espeak pauses ~340 ms at a "."
+
+
+def speech_engine() -> str:
+    """`espeak-ng` when it is on PATH (intelligible words), else `babble` (this module's formant babble)."""
+    return ESPEAK if shutil.which(ESPEAK) else BABBLE
+
+
+def speak(text: str, rate: int = 8000, *, engine: str | None = None, level_dbfs: float = -18.0) -> bytes:
+    """16-bit mono PCM of `text` at `rate` Hz, in words through espeak-ng where it is installed.
+
+    Pauses inside the text are shortened so one `say` is one caller turn to a voice activity detector.
+    If espeak-ng is asked for but fails, the babble stands in (a demo must not die for its voice).
+    """
+    engine = engine or speech_engine()
+    if engine == ESPEAK:
+        pcm = _espeak(text, rate)
+        if pcm:
+            return _cap_pauses(_normalise(pcm, level_dbfs), rate)
+    return synth_speech(text, rate, level_dbfs=level_dbfs)
+
+
+def _espeak(text: str, rate: int) -> bytes:
+    from phonebridge.testing.wav import (
+        read_wav,  # wav imports phonebridge.audio; keep this module light
+    )
+
+    with tempfile.TemporaryDirectory(prefix="phonebridge-speech-") as tmp:
+        path = os.path.join(tmp, "say.wav")
+        try:
+            # A file, not --stdout: a piped WAV header carries no length.
+            subprocess.run([ESPEAK, "-v", "en-us", "-s", "165", "-w", path, "--", text], check=True,
+                           capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+            return read_wav(path, rate)
+        except (OSError, subprocess.SubprocessError, EOFError, ValueError) as exc:
+            logging.getLogger(__name__).warning("espeak-ng failed (%s); using the built-in babble", exc)
+            return b""
+
+
+def _normalise(pcm16: bytes, level_dbfs: float) -> bytes:
+    signal = np.frombuffer(pcm16, dtype="<i2").astype(np.float64)
+    rms = float(np.sqrt(np.mean(signal**2))) or 1.0
+    signal *= 10 ** (level_dbfs / 20) * 32767 / rms
+    return np.clip(signal, -32768, 32767).astype("<i2").tobytes()
+
+
+def _cap_pauses(pcm16: bytes, rate: int) -> bytes:
+    """Trim leading and trailing quiet, and shorten quiet runs longer than _PAUSE_CAP_S (10 ms windows)."""
+    samples = np.frombuffer(pcm16, dtype="<i2")
+    win = max(1, rate // 100)
+    frames = samples[: len(samples) // win * win].reshape(-1, win).astype(np.float64)
+    if not len(frames):
+        return pcm16
+    quiet = np.sqrt(np.mean(frames**2, axis=1)) < 32768 * 10 ** (-45 / 20)
+    keep, run, cap = [], 0, int(_PAUSE_CAP_S * 100)
+    for index, is_quiet in enumerate(quiet):
+        run = run + 1 if is_quiet else 0
+        if run <= cap:
+            keep.append(index)
+    loud = np.flatnonzero(~quiet)
+    if not len(loud):
+        return pcm16
+    kept = [i for i in keep if loud[0] <= i <= loud[-1]]
+    return frames[kept].astype("<i2").tobytes()

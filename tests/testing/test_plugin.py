@@ -45,6 +45,32 @@ def test_fixtures_are_offered_to_a_fresh_session(pytester: pytest.Pytester) -> N
     result.assert_outcomes(passed=3)
 
 
+def test_async_tests_using_phonebridge_run_without_asyncio_mode(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio's default, strict mode: no asyncio_mode, no markers written by the user."""
+    pytester.makepyfile(
+        test_fixture="""
+        async def test_rest(twilio_rest):
+            assert twilio_rest.api_base.startswith("http")
+        """,
+        test_harness="""
+        import asyncio
+        from phonebridge.testing.harness import BridgeHarness
+
+        async def test_uses_the_harness_module():
+            await asyncio.sleep(0)
+            assert BridgeHarness
+        """,
+        test_unrelated="""
+        async def test_not_ours():  # no phonebridge here: not ours to mark
+            pass
+        """,
+    )
+    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-o", "asyncio_default_fixture_loop_scope=function",
+                                "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["*test_unrelated.py::test_not_ours*"])
+
+
 async def test_twilio_rest_fixture_is_started(twilio_rest: TwilioRestEmulator) -> None:
     sid = twilio_rest.add_number("+15557654321")
     client = twilio_rest.client()
@@ -90,3 +116,29 @@ async def test_callers_from_the_factory_are_hung_up_at_teardown(
     await ended.wait()
     await runner.cleanup()
     assert len(stops) == 1 and not caller.up
+
+
+def test_tests_already_marked_for_another_runner_or_by_module_are_left_alone(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_marked="""
+        import pytest
+        from phonebridge.testing.harness import BridgeHarness
+
+        pytestmark = pytest.mark.asyncio  # one mark, not a list: the form many suites use
+
+        async def test_module_marked():
+            assert BridgeHarness
+        """,
+        test_trio="""
+        import pytest
+        from phonebridge.testing.harness import BridgeHarness
+
+        pytestmark = [pytest.mark.trio]
+
+        async def test_for_trio():  # not ours to run on asyncio: pytest reports it unsupported, as before
+            pass
+        """,
+    )
+    result = pytester.runpytest("-q", "-o", "asyncio_mode=strict", "-p", "no:cacheprovider", "-W", "ignore")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*test_trio.py::test_for_trio*"])
