@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import stat
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,7 +95,7 @@ def summarise(path: Path, st: os.stat_result) -> Summary:
         started = datetime.datetime.fromisoformat(str(started_at)).astimezone(datetime.UTC)
     except ValueError:
         started = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
-    last, end = _tail(path) if path.suffix != ".gz" else (None, None)  # a gzipped tail: read it all, or don't
+    last, end = _tail(path)
     sid = str(header.get("call_sid") or _sid_from_name(path.name))
     outcome = str((end or {}).get("outcome", "")) if isinstance(end, dict) else ""
     return Summary(path.name, sid, started.timestamp(), started.strftime("%Y-%m-%d %H:%M:%S UTC"), last,
@@ -117,10 +118,8 @@ def _header(path: Path) -> tuple[dict[str, Any], str]:
 def _tail(path: Path) -> tuple[float | None, dict[str, Any] | None]:
     """The `t` of the last whole record, and the end line's data if the file ends with one."""
     try:
-        with open(path, "rb") as file:
-            file.seek(max(0, os.fstat(file.fileno()).st_size - TAIL_BYTES))
-            lines = file.read(TAIL_BYTES).splitlines()
-    except OSError:
+        lines = _last_lines(path)
+    except (OSError, EOFError, zlib.error):
         return None, None
     for raw in reversed(lines):
         try:
@@ -132,6 +131,19 @@ def _tail(path: Path) -> tuple[float | None, dict[str, Any] | None]:
             end = item.get("data") if item.get("kind") == "end" else None
             return float(t), end if isinstance(end, dict) else None
     return None, None
+
+
+def _last_lines(path: Path) -> list[bytes]:
+    """The last TAIL_BYTES of the file's text; a gzipped one is read through (the list caches the result)."""
+    if path.suffix != ".gz":
+        with open(path, "rb") as file:
+            file.seek(max(0, os.fstat(file.fileno()).st_size - TAIL_BYTES))
+            return file.read(TAIL_BYTES).splitlines()
+    tail = b""
+    with gzip.open(path, "rb") as file:
+        while block := file.read(TAIL_BYTES):
+            tail = tail[-TAIL_BYTES:] + block
+    return tail[-2 * TAIL_BYTES:].splitlines()
 
 
 def _sid_from_name(name: str) -> str:

@@ -4,8 +4,10 @@ viewer; the token guards both doors; names cannot leave the record dir; a broken
 from __future__ import annotations
 
 import asyncio
+import gzip
 import html
 import io
+import json
 import logging
 import math
 import shutil
@@ -104,6 +106,17 @@ async def test_both_doors_want_the_token(dev):
                 assert "CAknown" not in page
         status, page, _ = await _get(session, f"{base}/calls/CAknown.jsonl?token={_token(dev)}")
         assert status == 200 and "Call CA" in page
+
+
+async def test_a_gzipped_cassette_is_listed_complete_and_opens(dev):
+    data = (CASSETTES / "tool_call.jsonl").read_bytes()
+    (Path(dev.record_dir) / "CAzipped.jsonl.gz").write_bytes(gzip.compress(data))
+    last_t = json.loads(data.splitlines()[-1])["t"]
+    async with aiohttp.ClientSession() as session:
+        status, page, _ = await _get(session, f"{_base(dev)}/calls?token={_token(dev)}")
+        assert status == 200 and f"{last_t:.1f} s" in page and "ended" in page and "cut short" not in page
+        status, page, _ = await _get(session, f"{_base(dev)}/calls/CAzipped.jsonl.gz?token={_token(dev)}")
+        assert status == 200 and "lookup_order" in page
 
 
 async def test_names_cannot_leave_the_record_dir(dev, tmp_path):
