@@ -93,7 +93,8 @@ def summarise(path: Path, st: os.stat_result) -> Summary:
     started_at = header.get("started_at")
     try:
         started = datetime.datetime.fromisoformat(str(started_at)).astimezone(datetime.UTC)
-    except ValueError:
+        started.timestamp()
+    except (ValueError, OverflowError):  # a hand-edited header (year 1 at +01:00): the file's own time
         started = datetime.datetime.fromtimestamp(st.st_mtime, datetime.UTC)
     last, end = _tail(path)
     sid = str(header.get("call_sid") or _sid_from_name(path.name))

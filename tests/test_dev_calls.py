@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import math
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from yarl import URL
 
 from phonebridge.app import RUNTIME
-from phonebridge.dev_calls import CallPages, valid_name
+from phonebridge.dev_calls import CallPages, summarise, valid_name
 from phonebridge.dev_server import DevServer
 from tests.test_dev_server import PageLeg, _events, _next, _write_agent
 
@@ -204,3 +205,11 @@ async def test_the_softphone_links_to_the_calls(dev):
         assert "viewerLink(state.viewerPath)" in script
         status, page, _ = await _get(session, dev.url)
         assert status == 200 and 'id="calls-link"' in page
+
+
+def test_a_hand_edited_header_time_falls_back_to_the_files_own(tmp_path):
+    path = tmp_path / "CAodd.jsonl"
+    for started_at in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", None, "yesterday", 5):
+        path.write_text(json.dumps({"cassette": 1, "call_sid": "CAodd", "started_at": started_at}) + "\n")
+        summary = summarise(path, os.stat(path))
+        assert summary.started == pytest.approx(os.stat(path).st_mtime) and summary.call_sid == "CAodd"
