@@ -3,7 +3,8 @@
 Everything here is authorised by one per-process random token that only the URL printed in the terminal
 carries (`?token=...`): the page, `POST /dev/call`, `GET /dev/events` and the media WebSocket upgrade
 (make_app's `upgrade_authoriser`, in place of Twilio's signature, which a browser cannot make). The static
-files under /softphone/ hold no secret and are served to anyone who can reach loopback.
+files under /softphone/ hold no secret and are served to anyone who can reach loopback. The recorded calls
+(`/calls`, phonebridge.dev_calls) are behind the same token.
 
 `POST /dev/call` answers exactly what Twilio would hand the stream: it runs the bridge's own voice webhook
 over loopback for a synthetic CallSid, signed with this process's private auth token, and returns the
@@ -32,7 +33,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from phonebridge.app import MEDIA_PATH, VOICE_PATH
+from phonebridge.app import MEDIA_PATH, RUNTIME, VOICE_PATH
+from phonebridge.dev_calls import CallPages
 from phonebridge.signatures import SignatureChecker
 
 log = logging.getLogger("phonebridge.dev")
@@ -144,6 +146,7 @@ class DevRoutes:
         self.hub, self._checker, self._local_url = hub, checker, local_url.rstrip("/")
         self.token = token or secrets.token_urlsafe(18)
         self._session: aiohttp.ClientSession | None = None
+        self.calls: CallPages | None = None
 
     def authorised(self, request: web.Request) -> bool:
         """The page token, compared in constant time (also make_app's upgrade_authoriser)."""
@@ -155,6 +158,8 @@ class DevRoutes:
         app.router.add_post("/dev/call", self.call)
         app.router.add_get("/dev/events", self.events)
         app.router.add_static("/softphone/", SOFTPHONE_DIR)
+        self.calls = CallPages(app[RUNTIME].settings.record_dir, self.authorised, self.token)
+        self.calls.add_to(app)  # /calls and /calls/{name}: the recorded calls in the viewer
         app.on_shutdown.append(self._shutdown)
 
     async def _shutdown(self, app: web.Application) -> None:
@@ -186,6 +191,7 @@ class DevRoutes:
         return web.json_response({
             "callSid": call_sid, "streamSid": stream_sid, "accountSid": DEV_ACCOUNT_SID,
             "customParameters": parameters, "mediaPath": f"{MEDIA_PATH}?token={self.token}",
+            "viewerPath": self.calls.viewer_path(call_sid) if self.calls is not None else None,
         })
 
     async def _voice_webhook(self, form: dict[str, str]) -> tuple[int, str]:

@@ -14,6 +14,7 @@ import pytest
 
 import numpy as np
 
+from phonebridge.app import RUNTIME
 from phonebridge.audio import ulaw_decode, ulaw_encode
 from phonebridge.dev_server import DevServer
 from phonebridge.testing.speech import synth_speech
@@ -116,6 +117,17 @@ async def test_a_browser_call_talks_barges_in_presses_keys_and_fires_a_tool(tmp_
             assert (end["stats"]["malformed"], end["stats"]["ignored"], end["stats"]["lost_frames"]) == (0, 0, 0)
             assert end["stats"]["frames_in"] >= await page.evaluate("softphone.state.framesSent") - 5
             assert page.errors == []
+
+            # Afterwards the call opens in the viewer, over HTTP with its CSP header, from the panel's link.
+            assert await server.app[RUNTIME].wait_idle(10)  # the cassette is closed
+            await _wait(page, "document.getElementById('viewer-link') !== null")
+            viewer = await browser.open(await page.evaluate("document.getElementById('viewer-link').href"))
+            assert await viewer.evaluate("window.__inspect && window.__inspect.ready") is True  # its script ran
+            assert "lookup_order" in await viewer.evaluate("document.getElementById('log').innerText")
+            await viewer.screenshot(tmp_path / "viewer.png")
+            listing = await browser.open(await page.evaluate("document.getElementById('calls-link').href"))
+            assert "caller_hung_up" in await listing.evaluate("document.body.innerText")
+            assert viewer.errors == [] and listing.errors == []
     finally:
         await server.stop()
     assert list((tmp_path / "calls").glob("CA*.jsonl"))  # the call was recorded like any other

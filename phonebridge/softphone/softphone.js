@@ -9,7 +9,7 @@
 const token = new URLSearchParams(location.search).get("token") || "";
 const $ = (id) => document.getElementById(id);
 const state = {
-  phase: "idle", callSid: "", streamSid: "", muted: false, ready: false,
+  phase: "idle", callSid: "", streamSid: "", viewerPath: null, muted: false, ready: false,
   framesSent: 0, mediaReceived: 0, playedSamples: 0, bufferedSamples: 0, maxBufferedSamples: 0,
   clears: [], marksEchoed: 0, dtmf: [], events: [], firstAudioMs: null, agent: null, errors: [],
 };
@@ -53,6 +53,20 @@ function line(kind, text) {
   $("log").scrollTop = $("log").scrollHeight;
 }
 
+function viewerLink(path) { // the ended call in the viewer: a link, not text, so it is built as an element
+  const row = document.createElement("div");
+  row.className = "row info";
+  const link = document.createElement("a");
+  link.id = "viewer-link";
+  link.href = path;
+  link.target = "_blank";
+  link.rel = "noopener noreferrer";
+  link.textContent = "open this call in the viewer";
+  row.append(document.createElement("span"), link);
+  row.firstChild.className = "at";
+  $("log").append(row);
+}
+
 const short = (value) => { const s = JSON.stringify(value); return s.length > 160 ? s.slice(0, 157) + "..." : s; };
 
 function onEvent(ev) {
@@ -75,6 +89,7 @@ function onEvent(ev) {
     case "call_end": {
       const s = ev.stats, first = s.first_audio_s == null ? "never" : (s.first_audio_s * 1000).toFixed(0) + " ms";
       line("info", `call ended: ${s.outcome}; ${s.turns} turns, ${s.barge_ins} barge-ins, ${s.tool_calls} tool calls, first audio ${first} (bridge)`);
+      if (state.viewerPath) viewerLink(state.viewerPath); // the cassette is complete once the stream closes
       break;
     }
   }
@@ -136,7 +151,7 @@ async function startCall() {
     const ws = new WebSocket(`${scheme}//${location.host}${info.mediaPath}`);
     call = { ws, ctx, mic, capture, player, seq: 0, chunk: 0, startedAt: performance.now(), sentStartAt: 0,
       accountSid: info.accountSid, ended: false };
-    state.callSid = info.callSid; state.streamSid = info.streamSid;
+    state.callSid = info.callSid; state.streamSid = info.streamSid; state.viewerPath = info.viewerPath || null;
     Object.assign(state, { framesSent: 0, mediaReceived: 0, playedSamples: 0, bufferedSamples: 0, maxBufferedSamples: 0, clears: [], marksEchoed: 0, dtmf: [], events: [], firstAudioMs: null });
     capture.port.postMessage({ type: "mute", muted: state.muted });
     ws.onopen = () => onOpen(info);
@@ -285,6 +300,7 @@ function keypad() {
 }
 
 keypad();
+$("calls-link").href = "/calls?token=" + encodeURIComponent(token);
 $("call").onclick = startCall;
 $("hangup").onclick = hangUp;
 $("mute").onclick = () => setMuted(!state.muted);
