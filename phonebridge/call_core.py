@@ -1,0 +1,447 @@
+"""Sans-I/O core of one call: the policy between the Twilio media stream and the model, with no sockets,
+no tasks and no clock (`now` is a parameter, on the pump's monotonic clock).
+
+It owns the stream rules (nothing counts before `start`, frames of another streamSid are ignored,
+sequence gaps are counted), the stream guard's start and media deadlines, transcoding the agent's audio into
+Twilio frames, what the caller was sent and heard (CallState: marks, barge-in, the cut turn's late audio),
+turn counting, the transcript (the caller's line also closes at turn boundaries), the call's statistics and
+the hang-up or transfer that waits for the goodbye.
+
+The pump (phonebridge.bridge) feeds it and then drains it, in this order::
+
+    media = call.receive_twilio(text, now)     # or receive_binary, receive_model, agent_audio, tool_finished,
+                                               # handle_timer, request_hang_up, request_transfer, finish
+    for frame in call.twilio_to_send(): ...    # str frames for the Twilio socket, in order
+    for message in call.model_to_send(): ...   # Say / Remember for the model link
+    for effect in call.effects(): ...          # Open, Refuse, Expire, Stopped, HangUp, Transfer, StartTools, ...
+    timer.reset(call.next_deadline())
+
+`receive_twilio` hands inbound media straight back (the hot path: the pump transcodes it with `inbound` and
+sends it to the model; media produces no other output, so the pump need not drain after it). Drains return
+a shared empty tuple when there is nothing, so a quiet drain allocates nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from phonebridge import twilio
+from phonebridge.audio import InboundTranscoder, OutboundTranscoder
+from phonebridge.call import (
+    Action,
+    CallState,
+    HangUp,
+    SendClear,
+    SendMark,
+    SendMedia,
+    Transfer,
+)
+from phonebridge.errors import LocalProtocolError, TwilioProtocolError
+from phonebridge.model_events import (
+    AudioOut,
+    GenerationComplete,
+    GoAway,
+    InputText,
+    Interrupted,
+    ModelEvent,
+    OutputText,
+    ResumptionUpdate,
+    ToolCalls,
+    ToolCancel,
+    TurnComplete,
+    Usage,
+)
+from phonebridge.stream_guard import IdleWatch, StreamGuard, agent_parameters
+
+log = logging.getLogger("phonebridge.call")
+
+_NOTHING: tuple[Any, ...] = ()
+# Model events at which the caller's words so far are a line of the transcript (see _caller_line_ends).
+_CALLER_LINE_ENDS = (AudioOut, OutputText, ToolCalls, Interrupted, TurnComplete)
+
+
+@dataclass
+class CallStats:
+    """What happened on one call: for the summary log line, metrics and tests."""
+
+    started: float = 0.0  # on the pump's monotonic clock; the core is given it, it reads no clock
+    call_sid: str = ""
+    outcome: str = "unknown"
+    frames_in: int = 0
+    frames_out: int = 0
+    malformed: int = 0
+    ignored: int = 0
+    lost_frames: int = 0
+    dtmf: list[str] = field(default_factory=list)
+    turns: int = 0
+    barge_ins: int = 0
+    tool_calls: int = 0
+    hold_plays: int = 0
+    first_audio_s: float | None = None
+    prompt_tokens: int = 0
+    response_tokens: int = 0
+    transcript: list[tuple[float, str, str]] = field(default_factory=list)
+
+
+# -- what the core asks of the model link ------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Send this text to the model as the caller's side of the conversation (e.g. a keypad press)."""
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remember:
+    """Keep this transcript line in the history a reconnection replays ("user" or "model")."""
+    role: str
+    text: str
+
+
+ModelMessage = Say | Remember
+
+
+# -- what the core asks the pump to do (HangUp and Transfer come from phonebridge.call) ---------------------
+
+@dataclass(frozen=True, slots=True)
+class Open:
+    """A `start` proved it belongs to our call: open the model session, tools and recording for it."""
+    start: twilio.Start
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The stream guard refused this `start` (`reason` a metric label): close with 1008, open nothing."""
+    start: twilio.Start
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """A stream guard deadline passed: "no_start" (close with 1008) or "media_timeout" (hang up)."""
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """Twilio's `stop` for our stream: the caller hung up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Cleared:
+    """A `clear` for a barge-in went out (for the reaction-time metric)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StartTools:
+    calls: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CancelTools:
+    ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Observe:
+    """An event for the app's call observers."""
+    kind: str
+    data: dict[str, Any]
+
+
+Effect = Open | Refuse | Expire | Stopped | Cleared | StartTools | CancelTools | Observe | HangUp | Transfer
+
+
+class Call:
+    """One call's policy. Feed it what arrived, with the time; drain what it wants sent and done."""
+
+    def __init__(self, guard: StreamGuard, now: float, *, state: CallState | None = None) -> None:
+        self.stats = CallStats(started=now)
+        self.state = state or CallState()
+        self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {"call_sid": "-"})
+        self.inbound = InboundTranscoder()  # the pump runs it on the hot path, timing it
+        self.start: twilio.Start | None = None
+        self.stream_sid = ""
+        self._guard = guard
+        self._watch: IdleWatch | None = IdleWatch(guard.start_timeout_s, guard.media_timeout_s, now)
+        self._seq = twilio.SequenceTracker()
+        self._outbound, self._framer = OutboundTranscoder(), twilio.UlawFramer()
+        self._frames: list[str] = []
+        self._model: list[ModelMessage] = []
+        self._effects: list[Effect] = []
+        self._partial = {"caller": "", "agent": ""}
+        self._answering = False  # the model's turn has begun (its first audio or transcript)
+
+    # -- draining ----------------------------------------------------------------------------------------
+
+    def twilio_to_send(self) -> Sequence[str]:
+        if not self._frames:
+            return _NOTHING
+        frames, self._frames = self._frames, []
+        return frames
+
+    def model_to_send(self) -> Sequence[ModelMessage]:
+        if not self._model:
+            return _NOTHING
+        messages, self._model = self._model, []
+        return messages
+
+    def effects(self) -> Sequence[Effect]:
+        if not self._effects:
+            return _NOTHING
+        effects, self._effects = self._effects, []
+        return effects
+
+    def next_deadline(self) -> float | None:
+        """When to call handle_timer next (None: no deadline)."""
+        pending = self.state.pending_deadline
+        watch = self._watch.deadline() if self._watch is not None else None
+        if pending is None or watch is None:
+            return watch if pending is None else pending
+        return min(pending, watch)
+
+    # -- Twilio's side -----------------------------------------------------------------------------------
+
+    def receive_twilio(self, text: str, now: float) -> twilio.Media | None:
+        """One text frame from Twilio. Returns our stream's media for the pump to transcode and send."""
+        if self._watch is not None:
+            self._watch.on_frame(now)
+        try:
+            event = twilio.parse_event(text)
+        except TwilioProtocolError as exc:
+            self._bad_frame(exc)
+            return None
+        kind = type(event)
+        if kind is twilio.Media:
+            if self._ours(event):  # type: ignore[arg-type]
+                self.stats.frames_in += 1
+                return event  # type: ignore[return-value]
+        elif kind is twilio.Mark:
+            if self._ours(event):  # type: ignore[arg-type]
+                self._act(self.state.twilio_mark(event.name, now))  # type: ignore[union-attr]
+        elif kind is twilio.Start:
+            self._accept(event, now)  # type: ignore[arg-type]
+        elif kind is twilio.Dtmf:
+            self._on_dtmf(event)  # type: ignore[arg-type]
+        elif kind is twilio.Stop:
+            if self._ours(event):  # type: ignore[arg-type]
+                self.stats.outcome = "caller_hung_up"
+                self._effects.append(Stopped())
+        elif kind is twilio.Unknown:
+            self._ignore(f"unknown event {event.event!r}")  # type: ignore[union-attr]
+        return None
+
+    def receive_binary(self, now: float) -> None:
+        """A binary WebSocket frame: Twilio sends only text."""
+        self._bad_frame(TwilioProtocolError("binary WebSocket frame", reason="binary_frame"))
+
+    def _accept(self, event: twilio.Start, now: float) -> None:
+        """Open the call only for a start that proves it belongs to the call our webhook answered: nothing
+        (no Live session, no REST action) happens for one that does not."""
+        why = self._guard.refusal(event) if self.start is None else None
+        if why is not None:
+            self.stats.outcome = "stream_refused"
+            self._watch = None
+            self._effects.append(Refuse(event, why))
+            return
+        if self._watch is not None:
+            self._watch.on_start(now)  # from the start deadline to the media one
+        if self.start is not None:
+            self._ignore("duplicate start")
+            return
+        self.start, self.stream_sid = event, event.stream_sid
+        self.stats.call_sid = event.call_sid
+        self.log = logging.LoggerAdapter(log, {"call_sid": event.call_sid})
+        self._seq.observe(event.sequence_number)
+        self._effects.append(Open(event, agent_parameters(event)))  # the stream token is ours, not the agent's
+
+    def _on_dtmf(self, event: twilio.Dtmf) -> None:
+        if not self._ours(event):
+            return
+        self.stats.dtmf.append(event.digit)
+        self.log.info("caller pressed %s", event.digit)
+        self._model.append(Say(f"The caller pressed {event.digit} on the keypad."))
+
+    def _ours(self, event: twilio.Media | twilio.Mark | twilio.Dtmf | twilio.Stop) -> bool:
+        if self.start is None:
+            self._ignore(f"{type(event).__name__.lower()} before start")
+            return False
+        if event.stream_sid != self.stream_sid:
+            self._ignore(f"{type(event).__name__.lower()} for another stream {event.stream_sid!r}")
+            return False
+        # Twilio numbers every event of the stream in one sequence (media, mark, dtmf, stop).
+        self.stats.lost_frames += self._seq.observe(event.sequence_number)
+        return True
+
+    def _bad_frame(self, exc: TwilioProtocolError) -> None:
+        self.stats.malformed += 1
+        # Logged in full the first times, then sampled: a flood must not flood the log too.
+        if self.stats.malformed <= 5 or self.stats.malformed % 100 == 0:
+            self.log.warning("malformed frame from Twilio dropped (%s, #%d): %s", exc.reason, self.stats.malformed, exc)
+
+    def _ignore(self, why: str) -> None:
+        self.stats.ignored += 1
+        if self.stats.ignored <= 5 or self.stats.ignored % 100 == 0:
+            self.log.warning("Twilio frame ignored: %s (#%d)", why, self.stats.ignored)
+
+    # -- time ----------------------------------------------------------------------------------------------
+
+    def handle_timer(self, now: float) -> None:
+        """A deadline may have passed: the stream guard's (once) and the pending hang-up's or transfer's."""
+        why = self._watch.expired(now) if self._watch is not None else None
+        if why is not None:
+            self._watch = None
+            self.stats.outcome = why
+            self._effects.append(Expire(why))
+        self._act(self.state.tick(now))
+
+    def stop_watching(self) -> None:
+        """The call is ending (our side): the stream guard's deadlines no longer apply."""
+        self._watch = None
+
+    # -- the model's side ----------------------------------------------------------------------------------
+
+    def agent_audio(self, pcm24k: bytes, now: float) -> bool:
+        """The agent's audio (the hot path): frames to send, or dropped (False) when its turn was cut."""
+        if not self._answering:
+            self._answering = True
+            self._close_caller_line(now)
+        if self.state.drop_cut(len(pcm24k) // 6):  # 24 kHz 16-bit -> 8 kHz mu-law bytes, untranscoded
+            return False
+        if self.stats.first_audio_s is None:
+            self.stats.first_audio_s = now - self.stats.started
+        self._act(self.state.agent_audio(self._framer.push(self._outbound.process(pcm24k)), now))
+        return True
+
+    def receive_model(self, event: ModelEvent, now: float) -> None:
+        """Any model event (AudioOut may also go straight to agent_audio)."""
+        kind = type(event)
+        if kind is AudioOut:
+            self.agent_audio(event.pcm24k, now)  # type: ignore[union-attr]
+        elif kind is Interrupted:
+            self._on_interrupted(now)
+        elif kind is TurnComplete:
+            self._on_turn_complete(now)
+        elif kind is InputText:
+            self._partial["caller"] += event.text  # type: ignore[union-attr]
+            if event.finished:  # type: ignore[union-attr]
+                self._flush_transcript("caller", now)
+        elif kind is OutputText:
+            self._caller_line_ends_at_answer(now)
+            self._partial["agent"] += event.text  # type: ignore[union-attr]
+        elif kind is ToolCalls:
+            self._close_caller_line(now)
+            self._on_tool_calls(event)  # type: ignore[arg-type]
+        elif kind is ToolCancel:
+            self._effects.append(CancelTools(event.ids))  # type: ignore[union-attr]
+            self.log.info("model cancelled tool calls %s", ", ".join(event.ids))  # type: ignore[union-attr]
+        elif kind is Usage:
+            self.stats.prompt_tokens += event.prompt_tokens  # type: ignore[union-attr]
+            self.stats.response_tokens += event.response_tokens  # type: ignore[union-attr]
+        elif kind not in (GenerationComplete, GoAway, ResumptionUpdate):
+            raise LocalProtocolError(f"the call core has no rule for model event {kind.__name__}")
+
+    def _on_interrupted(self, now: float) -> None:
+        self._answering = False
+        self._close_caller_line(now)
+        barge_ins = len(self.state.barge_ins)
+        actions = self.state.agent_interrupted(now)
+        self._act(actions)
+        if any(type(a) is SendClear for a in actions):
+            self._effects.append(Cleared())
+        self._outbound.reset()
+        self._framer.reset()
+        if len(self.state.barge_ins) > barge_ins:
+            self.stats.barge_ins = len(self.state.barge_ins)
+            heard = self.state.barge_ins[-1].heard_s
+            self.log.info("caller barged in; heard %.2f s of the turn", heard)
+            self._effects.append(Observe("barge_in", {"heard_s": heard, "turn": self.state.turn}))
+
+    def _on_turn_complete(self, now: float) -> None:
+        self._answering = False
+        self._close_caller_line(now)
+        if not self.state.cut:  # a cut turn's transcoder was reset at `interrupted` and fed nothing since
+            tail = self._framer.push(self._outbound.flush()) + [self._framer.flush()]
+            self._act(self.state.agent_audio([f for f in tail if f], now))
+            if self.state.speaking:
+                self.stats.turns += 1
+        self._flush_transcript("agent", now)
+        self._act(self.state.agent_turn_complete(now))
+
+    def _on_tool_calls(self, event: ToolCalls) -> None:
+        self.stats.tool_calls += len(event.calls)
+        self.log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in event.calls))
+        for call in event.calls:
+            self._effects.append(Observe("tool_call", {"id": call.id, "name": call.name, "args": dict(call.args or {})}))
+        self._effects.append(StartTools(event.calls))
+
+    def tool_finished(self, outcome: Any) -> None:
+        """A handler's outcome (phonebridge.tools.ToolOutcome): reported to the observers."""
+        self._effects.append(Observe("tool_result", {
+            "id": outcome.id, "name": outcome.name, "status": outcome.status, "response": outcome.response,
+            "latency_s": outcome.latency_s,
+        }))
+
+    # -- the transcript ------------------------------------------------------------------------------------
+
+    def _caller_line_ends_at_answer(self, now: float) -> None:
+        if not self._answering:
+            self._answering = True
+            self._close_caller_line(now)
+
+    def _close_caller_line(self, now: float) -> None:
+        """3.1 is reported to send the caller's words without `finished` (google/adk-python#6045 marks the first
+        text finished itself; googleapis/js-genai#1429): so the caller's line also closes when the model starts
+        answering (its first audio or transcript of a turn: words that trail in during the answer stay one
+        line), calls a tool, is interrupted or ends its turn. `finished` still closes it at once, and a closed
+        line is empty, so the two never write it twice."""
+        if self._partial["caller"]:
+            self._flush_transcript("caller", now)
+
+    def _flush_transcript(self, who: str, now: float) -> None:
+        text = " ".join(self._partial[who].split())
+        self._partial[who] = ""
+        if not text:
+            return
+        at = now - self.stats.started
+        self.stats.transcript.append((at, who, text))
+        self.log.info("[%7.2f s] %s: %s", at, who, text)
+        self._effects.append(Observe("transcript", {"at": at, "who": who, "text": text}))
+        self._model.append(Remember("user" if who == "caller" else "model", text))
+
+    def finish(self, now: float) -> None:
+        """The call is over: words cut off by its end still become transcript lines."""
+        self._watch = None
+        for who in ("caller", "agent"):
+            self._flush_transcript(who, now)
+
+    # -- ending the call after the agent's last words (requests from handlers) --------------------------------
+
+    def request_hang_up(self, now: float) -> None:
+        self.log.info("agent asked to hang up after its last words")
+        self._act(self.state.request_hang_up(now))
+
+    def request_transfer(self, target: str, now: float) -> None:
+        self.log.info("agent asked to transfer the call after its last words")
+        self._act(self.state.request_transfer(target, now))
+
+    def _act(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendMedia:
+                self.stats.frames_out += 1
+                self._frames.append(twilio.media_message(self.stream_sid, action.ulaw))  # type: ignore[union-attr]
+            elif kind is SendMark:
+                self._frames.append(twilio.mark_message(self.stream_sid, action.name))  # type: ignore[union-attr]
+            elif kind is SendClear:
+                self._frames.append(twilio.clear_message(self.stream_sid))
+            elif kind is HangUp:
+                self.stats.outcome = "agent_hung_up"
+                self._effects.append(action)  # type: ignore[arg-type]
+            elif kind is Transfer:
+                self.stats.outcome = "transferred"
+                self._effects.append(action)  # type: ignore[arg-type]
