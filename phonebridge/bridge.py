@@ -21,8 +21,8 @@ from aiohttp import WSMsgType, web
 
 from phonebridge import twilio
 from phonebridge.call import HangUp, Transfer
-from phonebridge.call_core import (
-    Call,
+from phonebridge.call_core import Call
+from phonebridge.call_effects import (
     CancelTools,
     Cleared,
     Effect,
@@ -255,7 +255,7 @@ class CallSession:
                 if self._link is not None:
                     self._link.remember(message.role, message.text)
             elif self._link is not None and not await self._link.send_text(message.text):
-                self._log.warning("%s could not reach the model", message.text)
+                self._log.warning("%s could not reach the model", message.about)
         for effect in self.call.effects():
             closing = self._run(effect)
             if closing is not None:  # closed from the calling task, before it reads the next frame

@@ -16,6 +16,8 @@ The pump (phonebridge.bridge) feeds it and then drains it, in this order::
     for effect in call.effects(): ...          # Open, Refuse, Expire, Stopped, HangUp, Transfer, StartTools, ...
     timer.reset(call.next_deadline())
 
+(the messages and effects are phonebridge.call_effects).
+
 `receive_twilio` hands inbound media straight back (the hot path: the pump transcodes it with `inbound` and
 sends it to the model; media produces no other output, so the pump need not drain after it). Drains return
 a shared empty tuple when there is nothing, so a quiet drain allocates nothing.
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from phonebridge import twilio
@@ -38,6 +39,21 @@ from phonebridge.call import (
     SendMark,
     SendMedia,
     Transfer,
+)
+from phonebridge.call_effects import (
+    CallStats,
+    CancelTools,
+    Cleared,
+    Effect,
+    Expire,
+    ModelMessage,
+    Observe,
+    Open,
+    Refuse,
+    Remember,
+    Say,
+    StartTools,
+    Stopped,
 )
 from phonebridge.errors import LocalProtocolError, TwilioProtocolError
 from phonebridge.model_events import (
@@ -61,99 +77,6 @@ log = logging.getLogger("phonebridge.call")
 _NOTHING: tuple[Any, ...] = ()
 # Model events at which the caller's words so far are a line of the transcript (see _caller_line_ends).
 _CALLER_LINE_ENDS = (AudioOut, OutputText, ToolCalls, Interrupted, TurnComplete)
-
-
-@dataclass
-class CallStats:
-    """What happened on one call: for the summary log line, metrics and tests."""
-
-    started: float = 0.0  # on the pump's monotonic clock; the core is given it, it reads no clock
-    call_sid: str = ""
-    outcome: str = "unknown"
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed: int = 0
-    ignored: int = 0
-    lost_frames: int = 0
-    dtmf: list[str] = field(default_factory=list)
-    turns: int = 0
-    barge_ins: int = 0
-    tool_calls: int = 0
-    hold_plays: int = 0
-    first_audio_s: float | None = None
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    transcript: list[tuple[float, str, str]] = field(default_factory=list)
-
-
-# -- what the core asks of the model link ------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Say:
-    """Send this text to the model as the caller's side of the conversation (e.g. a keypad press)."""
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Remember:
-    """Keep this transcript line in the history a reconnection replays ("user" or "model")."""
-    role: str
-    text: str
-
-
-ModelMessage = Say | Remember
-
-
-# -- what the core asks the pump to do (HangUp and Transfer come from phonebridge.call) ---------------------
-
-@dataclass(frozen=True, slots=True)
-class Open:
-    """A `start` proved it belongs to our call: open the model session, tools and recording for it."""
-    start: twilio.Start
-    parameters: dict[str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    """The stream guard refused this `start` (`reason` a metric label): close with 1008, open nothing."""
-    start: twilio.Start
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Expire:
-    """A stream guard deadline passed: "no_start" (close with 1008) or "media_timeout" (hang up)."""
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Stopped:
-    """Twilio's `stop` for our stream: the caller hung up."""
-
-
-@dataclass(frozen=True, slots=True)
-class Cleared:
-    """A `clear` for a barge-in went out (for the reaction-time metric)."""
-
-
-@dataclass(frozen=True, slots=True)
-class StartTools:
-    calls: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTools:
-    ids: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Observe:
-    """An event for the app's call observers."""
-    kind: str
-    data: dict[str, Any]
-
-
-Effect = Open | Refuse | Expire | Stopped | Cleared | StartTools | CancelTools | Observe | HangUp | Transfer
 
 
 class Call:
@@ -215,24 +138,26 @@ class Call:
         except TwilioProtocolError as exc:
             self._bad_frame(exc)
             return None
-        kind = type(event)
-        if kind is twilio.Media:
-            if self._ours(event):  # type: ignore[arg-type]
-                self.stats.frames_in += 1
-                return event  # type: ignore[return-value]
-        elif kind is twilio.Mark:
-            if self._ours(event):  # type: ignore[arg-type]
-                self._act(self.state.twilio_mark(event.name, now))  # type: ignore[union-attr]
-        elif kind is twilio.Start:
-            self._accept(event, now)  # type: ignore[arg-type]
-        elif kind is twilio.Dtmf:
-            self._on_dtmf(event)  # type: ignore[arg-type]
-        elif kind is twilio.Stop:
-            if self._ours(event):  # type: ignore[arg-type]
-                self.stats.outcome = "caller_hung_up"
-                self._effects.append(Stopped())
-        elif kind is twilio.Unknown:
-            self._ignore(f"unknown event {event.event!r}")  # type: ignore[union-attr]
+        match event:
+            case twilio.Media():  # first: 50 a second
+                if self._ours(event):
+                    self.stats.frames_in += 1
+                    return event
+            case twilio.Mark():
+                if self._ours(event):
+                    self._act(self.state.twilio_mark(event.name, now))
+            case twilio.Start():
+                self._accept(event, now)
+            case twilio.Dtmf():
+                self._on_dtmf(event)
+            case twilio.Stop():
+                if self._ours(event):
+                    self.stats.outcome = "caller_hung_up"
+                    self._effects.append(Stopped())
+            case twilio.Unknown():
+                self._ignore(f"unknown event {event.event!r}")
+            case twilio.Connected():
+                pass
         return None
 
     def receive_binary(self, now: float) -> None:
@@ -264,7 +189,7 @@ class Call:
             return
         self.stats.dtmf.append(event.digit)
         self.log.info("caller pressed %s", event.digit)
-        self._model.append(Say(f"The caller pressed {event.digit} on the keypad."))
+        self._model.append(Say(f"The caller pressed {event.digit} on the keypad.", f"DTMF {event.digit}"))
 
     def _ours(self, event: twilio.Media | twilio.Mark | twilio.Dtmf | twilio.Stop) -> bool:
         if self.start is None:
@@ -319,31 +244,33 @@ class Call:
 
     def receive_model(self, event: ModelEvent, now: float) -> None:
         """Any model event (AudioOut may also go straight to agent_audio)."""
-        kind = type(event)
-        if kind is AudioOut:
-            self.agent_audio(event.pcm24k, now)  # type: ignore[union-attr]
-        elif kind is Interrupted:
-            self._on_interrupted(now)
-        elif kind is TurnComplete:
-            self._on_turn_complete(now)
-        elif kind is InputText:
-            self._partial["caller"] += event.text  # type: ignore[union-attr]
-            if event.finished:  # type: ignore[union-attr]
-                self._flush_transcript("caller", now)
-        elif kind is OutputText:
-            self._caller_line_ends_at_answer(now)
-            self._partial["agent"] += event.text  # type: ignore[union-attr]
-        elif kind is ToolCalls:
-            self._close_caller_line(now)
-            self._on_tool_calls(event)  # type: ignore[arg-type]
-        elif kind is ToolCancel:
-            self._effects.append(CancelTools(event.ids))  # type: ignore[union-attr]
-            self.log.info("model cancelled tool calls %s", ", ".join(event.ids))  # type: ignore[union-attr]
-        elif kind is Usage:
-            self.stats.prompt_tokens += event.prompt_tokens  # type: ignore[union-attr]
-            self.stats.response_tokens += event.response_tokens  # type: ignore[union-attr]
-        elif kind not in (GenerationComplete, GoAway, ResumptionUpdate):
-            raise LocalProtocolError(f"the call core has no rule for model event {kind.__name__}")
+        match event:
+            case AudioOut():
+                self.agent_audio(event.pcm24k, now)
+            case Interrupted():
+                self._on_interrupted(now)
+            case TurnComplete():
+                self._on_turn_complete(now)
+            case InputText():
+                self._partial["caller"] += event.text
+                if event.finished:
+                    self._flush_transcript("caller", now)
+            case OutputText():
+                self._caller_line_ends_at_answer(now)
+                self._partial["agent"] += event.text
+            case ToolCalls():
+                self._close_caller_line(now)
+                self._on_tool_calls(event)
+            case ToolCancel():
+                self._effects.append(CancelTools(event.ids))
+                self.log.info("model cancelled tool calls %s", ", ".join(event.ids))
+            case Usage():
+                self.stats.prompt_tokens += event.prompt_tokens
+                self.stats.response_tokens += event.response_tokens
+            case GenerationComplete() | GoAway() | ResumptionUpdate():
+                pass  # the link's housekeeping: nothing for the call
+            case _:
+                raise LocalProtocolError(f"the call core has no rule for {type(event).__name__}")
 
     def _on_interrupted(self, now: float) -> None:
         self._answering = False
@@ -351,7 +278,7 @@ class Call:
         barge_ins = len(self.state.barge_ins)
         actions = self.state.agent_interrupted(now)
         self._act(actions)
-        if any(type(a) is SendClear for a in actions):
+        if any(isinstance(a, SendClear) for a in actions):
             self._effects.append(Cleared())
         self._outbound.reset()
         self._framer.reset()
@@ -431,17 +358,17 @@ class Call:
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
-            kind = type(action)
-            if kind is SendMedia:
-                self.stats.frames_out += 1
-                self._frames.append(twilio.media_message(self.stream_sid, action.ulaw))  # type: ignore[union-attr]
-            elif kind is SendMark:
-                self._frames.append(twilio.mark_message(self.stream_sid, action.name))  # type: ignore[union-attr]
-            elif kind is SendClear:
-                self._frames.append(twilio.clear_message(self.stream_sid))
-            elif kind is HangUp:
-                self.stats.outcome = "agent_hung_up"
-                self._effects.append(action)  # type: ignore[arg-type]
-            elif kind is Transfer:
-                self.stats.outcome = "transferred"
-                self._effects.append(action)  # type: ignore[arg-type]
+            match action:
+                case SendMedia():
+                    self.stats.frames_out += 1
+                    self._frames.append(twilio.media_message(self.stream_sid, action.ulaw))
+                case SendMark():
+                    self._frames.append(twilio.mark_message(self.stream_sid, action.name))
+                case SendClear():
+                    self._frames.append(twilio.clear_message(self.stream_sid))
+                case HangUp():
+                    self.stats.outcome = "agent_hung_up"
+                    self._effects.append(action)
+                case Transfer():
+                    self.stats.outcome = "transferred"
+                    self._effects.append(action)

@@ -13,7 +13,7 @@ from google.genai import types
 
 from phonebridge import twilio
 from phonebridge.agent import Agent
-from phonebridge.call_core import CallStats  # noqa: F401 - it lived here; the core fills it now
+from phonebridge.call_effects import CallStats  # noqa: F401 - it lived here; the call core fills it now
 from phonebridge.metrics import Metrics
 from phonebridge.tools import ToolRegistry
 

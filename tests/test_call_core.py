@@ -8,11 +8,25 @@ import json
 import pytest
 
 from phonebridge.call import CUT, IDLE, SPEAKING, TURN, HangUp, next_turn_state
-from phonebridge.call_core import (
-    Call, Cleared, Expire, Observe, Open, Refuse, Remember, Say, Stopped,
+from phonebridge.call_core import Call
+from phonebridge.call_effects import (
+    Cleared,
+    Expire,
+    Observe,
+    Open,
+    Refuse,
+    Remember,
+    Say,
+    Stopped,
 )
 from phonebridge.errors import LocalProtocolError
-from phonebridge.model_events import InputText, Interrupted, OutputText, ToolCalls, TurnComplete
+from phonebridge.model_events import (
+    InputText,
+    Interrupted,
+    OutputText,
+    ToolCalls,
+    TurnComplete,
+)
 from phonebridge.stream_guard import StreamGuard
 
 STREAM, CALL, ACCOUNT = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
@@ -121,7 +135,7 @@ def test_a_refused_start_opens_nothing_and_stops_the_deadlines():
 def test_dtmf_becomes_a_line_for_the_model():
     call = opened()
     call.receive_twilio(dtmf(2, "7"), 0.1)
-    assert call.model_to_send() == [Say("The caller pressed 7 on the keypad.")]
+    assert call.model_to_send() == [Say("The caller pressed 7 on the keypad.", "DTMF 7")]
     assert call.stats.dtmf == ["7"]
 
 
