@@ -15,25 +15,15 @@ import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from phonebridge import call_effects as fx
 from phonebridge import twilio
 from phonebridge.call import HangUp, Transfer
 from phonebridge.call_core import Call
-from phonebridge.call_effects import (
-    CancelTools,
-    Cleared,
-    Effect,
-    Expire,
-    Observe,
-    Open,
-    Refuse,
-    Remember,
-    StartTools,
-    Stopped,
-)
 from phonebridge.call_services import CallServices, CallStats, Reactions, Recorder
 from phonebridge.context import CallContext
 from phonebridge.errors import ModelUnavailable
@@ -42,6 +32,16 @@ from phonebridge.model_events import AudioOut, ModelEvent
 from phonebridge.stream_guard import StreamGuard
 from phonebridge.tool_calls import HoldPlayer, ToolCallRunner
 from phonebridge.tools import ToolDispatcher, ToolOutcome
+
+
+@dataclass(slots=True)
+class _Live:
+    """What a call opens once its `start` is accepted and the model is reachable: all of it or none."""
+
+    link: LiveLink
+    dispatcher: ToolDispatcher
+    hold: HoldPlayer
+    tools: ToolCallRunner
 
 
 async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: str, call_sid: str) -> Any:
@@ -59,12 +59,9 @@ class CallSession:
         self.stats: CallStats = self.call.stats
         self.state = self.call.state
         self._reactions = Reactions(services.metrics)
-        self._link: LiveLink | None = None
-        self._dispatcher: ToolDispatcher | None = None
+        self._live: _Live | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended = asyncio.Event()
-        self._hold: HoldPlayer | None = None
-        self._tools: ToolCallRunner | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._recorder: Recorder | None = None
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
@@ -101,11 +98,11 @@ class CallSession:
         media = self.call.receive_twilio(text, self._loop.time())
         if media is None:
             await self._drain()
-        elif self._link is not None:  # the hot path: media produces nothing else to drain
+        elif self._live is not None:  # the hot path: media produces nothing else to drain
             started = time.perf_counter()
             pcm = self.call.inbound.process(media.payload)
             transcoded = time.perf_counter()
-            await self._link.send_audio(pcm)
+            await self._live.link.send_audio(pcm)
             metrics = self._svc.metrics
             if metrics is not None:
                 metrics.observe_transcode("inbound", transcoded - started)
@@ -117,11 +114,6 @@ class CallSession:
             to_number=params.get("To", ""), direction=params.get("Direction", "inbound"), parameters=params,
             _control=self,
         )
-        self._dispatcher = ToolDispatcher(
-            self._svc.registry, context, default_timeout_s=self._svc.agent.tool_timeout_s, logger=self._log,
-            executor=self._svc.executor, on_outcome=self._on_tool_outcome,
-        )
-        self._hold = HoldPlayer(self._send_hold_frame, lambda: self.state.all_played, self._spawn, self._log)
         self._start_recording(event)
         try:
             client = self._svc.genai_client()
@@ -130,24 +122,30 @@ class CallSession:
             self.stats.outcome = "model_unavailable"
             self._end()
             return
-        self._link = LiveLink(
+        dispatcher = ToolDispatcher(
+            self._svc.registry, context, default_timeout_s=self._svc.agent.tool_timeout_s, logger=self._log,
+            executor=self._svc.executor, on_outcome=self._on_tool_outcome,
+        )
+        hold = HoldPlayer(self._send_hold_frame, lambda: self.state.all_played, self._spawn, self._log)
+        link = LiveLink(
             client, self._svc.agent, self._svc.declarations, self._on_model_event,
             logger=self._log, connect_timeout_s=self._svc.connect_timeout_s,
             reconnect_attempts=self._svc.reconnect_attempts,
             tap=self._recorder.record if self._recorder is not None else None,
             on_reconnect=lambda cause: self._emit("reconnect", cause=cause),
         )
-        self._tools = ToolCallRunner(
-            self._dispatcher, self._link, self._hold, self._svc.agent.hold_sound_after_s, self._spawn, self._log,
+        tools = ToolCallRunner(
+            dispatcher, link, hold, self._svc.agent.hold_sound_after_s, self._spawn, self._log,
             on_sent=self._reactions.tool_response_sent,
         )
+        self._live = _Live(link, dispatcher, hold, tools)
         if self._svc.log_caller_numbers:
             self._log.info("call started (stream %s, %s, from %s to %s)", event.stream_sid,
                            params.get("Direction", "inbound"), params.get("From", "?"), params.get("To", "?"))
         else:
             self._log.info("call started (stream %s, %s)", event.stream_sid, params.get("Direction", "inbound"))
         self._emit("call_start", call_sid=event.call_sid, stream_sid=event.stream_sid, parameters=params)
-        self._spawn(self._run_model(self._link))
+        self._spawn(self._run_model(link))
 
     def _start_recording(self, event: twilio.Start) -> None:
         early, self._early = self._early or [], None
@@ -160,12 +158,6 @@ class CallSession:
             return
         for text in early:
             self._recorder.record("twilio_in", text)
-
-    def _guarded(self, reason: str, message: str, *args: Any) -> None:
-        if self._svc.metrics is not None:
-            self._svc.metrics.stream_guarded(reason)
-        if self._guard.log_gate.should_log(self._loop.time()):
-            self._log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
 
     # -- the model side (LiveLink's task) -----------------------------------------------------------------
     async def _run_model(self, link: LiveLink) -> None:
@@ -195,8 +187,8 @@ class CallSession:
             if not self.call.agent_audio(event.pcm24k, now):
                 await self._drain()  # the cut turn's audio: dropped, but it may have closed the caller's line
                 return
-            if self._hold is not None:
-                self._hold.model_spoke()
+            if self._live is not None:
+                self._live.hold.model_spoke()
             transcoded = time.perf_counter()
             await self._drain()
             metrics = self._svc.metrics
@@ -250,11 +242,13 @@ class CallSession:
         # Sent in order from the calling task: a clear goes out in the same loop turn as `interrupted`.
         for frame in self.call.twilio_to_send():
             await self._send(frame)
+        live = self._live
         for message in self.call.model_to_send():
-            if type(message) is Remember:
-                if self._link is not None:
-                    self._link.remember(message.role, message.text)
-            elif self._link is not None and not await self._link.send_text(message.text):
+            if live is None:
+                break  # no model: nothing to tell it
+            if isinstance(message, fx.Remember):
+                live.link.remember(message.role, message.text)
+            elif not await live.link.send_text(message.text):
                 self._log.warning("%s could not reach the model", message.about)
         for effect in self.call.effects():
             closing = self._run(effect)
@@ -267,20 +261,20 @@ class CallSession:
             if closing is not None:
                 self._spawn(closing)
 
-    def _run(self, effect: Effect) -> Awaitable[None] | None:
-        if isinstance(effect, Observe):
+    def _run(self, effect: fx.Effect) -> Awaitable[None] | None:
+        live = self._live
+        if isinstance(effect, fx.Observe):
             self._emit(effect.kind, **effect.data)
-        elif isinstance(effect, StartTools):
-            if self._link is not None:
-                self._reactions.tool_calls([c.id for c in effect.calls], self._link.received_at)
-            if self._tools is not None:
-                self._tools.on_tool_calls(effect.calls)
-        elif isinstance(effect, CancelTools):
-            if self._dispatcher is not None:
-                self._dispatcher.cancel(effect.ids)
-        elif isinstance(effect, Cleared):
-            if self._link is not None:
-                self._reactions.clear_sent(self._link.received_at)
+        elif isinstance(effect, fx.StartTools):
+            if live is not None:  # model events come only through a live link
+                self._reactions.tool_calls([c.id for c in effect.calls], live.link.received_at)
+                live.tools.on_tool_calls(effect.calls)
+        elif isinstance(effect, fx.CancelTools):
+            if live is not None:
+                live.dispatcher.cancel(effect.ids)
+        elif isinstance(effect, fx.Cleared):
+            if live is not None:
+                self._reactions.clear_sent(live.link.received_at)
         elif isinstance(effect, HangUp):
             self._spawn(self._end_with(self._svc.hang_up, effect.reason))
         elif isinstance(effect, Transfer):
@@ -291,26 +285,23 @@ class CallSession:
             return self._run_stream(effect)
         return None
 
-    def _run_stream(self, effect: Effect) -> Awaitable[None] | None:
-        if isinstance(effect, Open):
+    def _run_stream(self, effect: fx.Effect) -> Awaitable[None] | None:
+        if isinstance(effect, fx.Open):
             self._open(effect.start, effect.parameters)
             self._arm_timer()  # from the start deadline to the media one
-        elif isinstance(effect, Stopped):
+        elif isinstance(effect, fx.Stopped):
             self._end()
-        elif isinstance(effect, Refuse):
-            start = effect.start
-            self._guarded(effect.reason, "refused the media stream of call %s (account %s): %s; closing with 1008",
-                          start.call_sid, start.account_sid, effect.reason)
+        elif isinstance(effect, fx.Refuse | fx.Expire):  # the core logged it; counted here
+            if self._svc.metrics is not None:
+                self._svc.metrics.stream_guarded(effect.reason)
+            if effect.reason == "media_timeout":
+                self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
+                return None
             self._end()
+            if isinstance(effect, fx.Expire):  # no_start: from the timer
+                self._spawn(self._close_socket(1008, b"no start"))
+                return None
             return self._close_socket(1008, b"stream not issued for this call")
-        elif isinstance(effect, Expire) and effect.reason == "no_start":
-            self._guarded(effect.reason, "no start within %g s of the upgrade: closing the socket",
-                          self._guard.start_timeout_s)
-            self._end()
-            self._spawn(self._close_socket(1008, b"no start"))
-        elif isinstance(effect, Expire):
-            self._guarded(effect.reason, "no frame from Twilio for %g s: ending the call", self._guard.media_timeout_s)
-            self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
         return None
 
     def _end(self) -> None:
@@ -365,32 +356,22 @@ class CallSession:
     async def _shutdown(self) -> None:
         self._end()
         self.call.finish(time.monotonic())  # words cut off by the end of the call still reach the log
-        for message in self.call.model_to_send():  # only Remember: the link still keeps the history
-            if type(message) is Remember and self._link is not None:
-                self._link.remember(message.role, message.text)
-        self._run_effects()
+        await self._drain()  # transcript lines and their Remember: the link still keeps the history
+        live = self._live
         if self._timer is not None:
             self._timer.cancel()
-        if self._link is not None:
-            await self._link.close()
-        if self._dispatcher is not None:
-            await self._dispatcher.aclose()
-        if self._hold is not None:
-            self._hold.close()
-            self.stats.hold_plays = self._hold.plays
+        if live is not None:
+            await live.link.close()
+            await live.dispatcher.aclose()
+            live.hold.close()
+            self.stats.hold_plays = live.hold.plays
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_socket()
-        self._log.info(
-            "call ended: %s after %.1f s, %d turns, %d barge-ins, %d tool calls, first audio %s, %d malformed",
-            self.stats.outcome, time.monotonic() - self.stats.started, self.stats.turns, self.stats.barge_ins,
-            self.stats.tool_calls,
-            f"{self.stats.first_audio_s * 1000:.0f} ms" if self.stats.first_audio_s is not None else "never",
-            self.stats.malformed,
-        )
+        self.call.log_summary(time.monotonic())
         self._emit("call_end", stats=self.stats)
         if self._recorder is not None:
             await self._recorder.aclose()
@@ -400,12 +381,9 @@ class CallSession:
         """Drop the call's parts. Each holds callbacks into this session, so the call's whole object graph
         (transcoders, state, transcript, the model's history) would be a reference cycle that only the
         cyclic GC's rare full collections free: at 100 concurrent calls RSS climbed ~0.4 MiB a call."""
-        if self._link is not None:
-            self._link.detach()
-        self._link = None
-        self._dispatcher = None
-        self._hold = None
-        self._tools = None
+        if self._live is not None:
+            self._live.link.detach()
+        self._live = None
         self._timer = None
 
     def _emit(self, kind: str, **data: Any) -> None:

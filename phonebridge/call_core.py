@@ -171,6 +171,8 @@ class Call:
         if why is not None:
             self.stats.outcome = "stream_refused"
             self._watch = None
+            self._guarded(now, "refused the media stream of call %s (account %s): %s; closing with 1008",
+                          event.call_sid, event.account_sid, why)
             self._effects.append(Refuse(event, why))
             return
         if self._watch is not None:
@@ -218,11 +220,20 @@ class Call:
     def handle_timer(self, now: float) -> None:
         """A deadline may have passed: the stream guard's (once) and the pending hang-up's or transfer's."""
         why = self._watch.expired(now) if self._watch is not None else None
+        if why == "no_start":
+            self._guarded(now, "no start within %g s of the upgrade: closing the socket", self._guard.start_timeout_s)
+        elif why is not None:
+            self._guarded(now, "no frame from Twilio for %g s: ending the call", self._guard.media_timeout_s)
         if why is not None:
             self._watch = None
             self.stats.outcome = why
             self._effects.append(Expire(why))
         self._act(self.state.tick(now))
+
+    def _guarded(self, now: float, message: str, *args: Any) -> None:
+        # The gate is the app's: a flood of refused streams is logged sparingly, each line with the count.
+        if self._guard.log_gate.should_log(now):
+            self.log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
 
     def stop_watching(self) -> None:
         """The call is ending (our side): the stream guard's deadlines no longer apply."""
@@ -345,6 +356,14 @@ class Call:
         self._watch = None
         for who in ("caller", "agent"):
             self._flush_transcript(who, now)
+
+    def log_summary(self, now: float) -> None:
+        s = self.stats
+        self.log.info(
+            "call ended: %s after %.1f s, %d turns, %d barge-ins, %d tool calls, first audio %s, %d malformed",
+            s.outcome, now - s.started, s.turns, s.barge_ins, s.tool_calls,
+            f"{s.first_audio_s * 1000:.0f} ms" if s.first_audio_s is not None else "never", s.malformed,
+        )
 
     # -- ending the call after the agent's last words (requests from handlers) --------------------------------
 

@@ -6,8 +6,17 @@ import base64
 import json
 
 import pytest
+from google.genai.types import FunctionCall
 
-from phonebridge.call import CUT, IDLE, SPEAKING, TURN, HangUp, next_turn_state
+from phonebridge.call import (
+    CUT,
+    IDLE,
+    SPEAKING,
+    TURN,
+    HangUp,
+    Transfer,
+    next_turn_state,
+)
 from phonebridge.call_core import Call
 from phonebridge.call_effects import (
     Cleared,
@@ -17,6 +26,7 @@ from phonebridge.call_effects import (
     Refuse,
     Remember,
     Say,
+    StartTools,
     Stopped,
 )
 from phonebridge.errors import LocalProtocolError
@@ -198,8 +208,8 @@ def test_barge_in_clears_drops_the_cut_turns_late_audio_and_reports_what_was_hea
     assert effects[0] == Cleared()
     (barge,) = [e for e in effects if isinstance(e, Observe)]
     assert barge.kind == "barge_in" and barge.data["turn"] == 1
-    assert barge.data["heard_s"] == pytest.approx(call.state.barge_ins[-1].heard_s)
-    assert 0.1 <= barge.data["heard_s"] <= 0.2  # proven 100 ms and the 50 ms since; never more than was sent
+    assert names == ["t1.1", "t1.2"]
+    assert barge.data["heard_s"] == pytest.approx(0.15)  # proven 100 ms at 1.1, and the 50 ms played since
     assert call.stats.barge_ins == 1 and call.state.phase == CUT
     # Late chunks of the cut turn: nothing goes out, and they are counted as dropped.
     assert not call.agent_audio(PCM_20MS, 1.16)
@@ -233,6 +243,40 @@ def test_hang_up_happens_at_the_grace_deadline_when_the_goodbye_never_plays():
     assert call.effects() == ()
     call.handle_timer(16.0)
     assert call.effects() == [HangUp("agent ended the call")]
+
+
+def test_a_transfer_waits_for_the_goodbye_too():
+    call = opened()
+    call.request_transfer("+15550002222", 1.0)
+    call.agent_audio(PCM_20MS, 1.1)
+    call.receive_model(TurnComplete(), 1.2)
+    (mark_frame,) = [f for f in sent(call) if f["event"] == "mark"]
+    assert call.effects() == ()
+    call.receive_twilio(mark(2, mark_frame["mark"]["name"]), 1.3)
+    assert call.effects() == [Transfer("+15550002222")] and call.stats.outcome == "transferred"
+
+
+def test_a_tool_call_is_observed_and_handed_to_the_pump():
+    call = opened()
+    calls = (FunctionCall(id="c1", name="get_menu", args={"vegetarian": True}),)
+    call.receive_model(ToolCalls(calls), 1.0)
+    assert call.effects() == [Observe("tool_call", {"id": "c1", "name": "get_menu", "args": {"vegetarian": True}}),
+                              StartTools(calls)]
+    assert call.stats.tool_calls == 1
+
+
+def test_refused_streams_are_logged_sparingly_through_the_apps_gate(caplog):
+    class NoTokens:
+        def valid(self, call_sid: str, account_sid: str, token: str) -> bool:
+            return False
+
+    guard = StreamGuard(tokens=NoTokens())  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="phonebridge.call"):
+        for i in range(8):
+            Call(guard, 0.0).receive_twilio(start(), float(i))
+    refused = [r.getMessage() for r in caplog.records if "refused the media stream" in r.getMessage()]
+    assert len(refused) == 5 and refused[-1].endswith("(#5 closed by the stream guard)")
+    assert guard.log_gate.count == 8
 
 
 # -- the transcript at turn boundaries ------------------------------------------------------------------------
