@@ -126,7 +126,7 @@ class CallSession:
             self._svc.registry, context, default_timeout_s=self._svc.agent.tool_timeout_s, logger=self._log,
             executor=self._svc.executor, on_outcome=self._on_tool_outcome,
         )
-        hold = HoldPlayer(self._send_hold_frame, lambda: self.state.all_played, self._spawn, self._log)
+        hold = HoldPlayer(self._send_hold_frame, self.call.may_hold, self._spawn, self._log)
         link = LiveLink(
             client, self._svc.agent, self._svc.declarations, self._on_model_event,
             logger=self._log, connect_timeout_s=self._svc.connect_timeout_s,
@@ -309,7 +309,7 @@ class CallSession:
         self.call.stop_watching()
 
     async def _send_hold_frame(self, ulaw: bytes) -> None:
-        await self._send(twilio.media_message(self.call.stream_sid, ulaw))
+        await self._send(self.call.hold_frame(ulaw))
 
     async def _send(self, text: str) -> None:
         if self._ws.closed:

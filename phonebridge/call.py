@@ -1,9 +1,10 @@
-"""The call's outbound state machine (no I/O, no clock: `now` is a parameter).
+"""Sans-I/O: the call's outbound state machine (no clock either: `now` is a parameter).
 
 It knows what was queued to Twilio and what the caller has actually heard. Marks are the only proof of
 playback: we send one after every ~100 ms of agent audio and at each turn's end, and a mark echoed
 because of a `clear` proves nothing, so marks outstanding at a clear are written off. Inputs are events
-from the model and from Twilio; outputs are actions the bridge executes in order.
+from the model and from Twilio; outputs are actions that phonebridge.call_core.Call turns into frames and
+effects, in order.
 
 The turn state is the table `TURN` below; audio that arrives while `cut` belongs to the interrupted turn
 and is dropped. Every model event has a move in every state (the peer may send any of them at any time);

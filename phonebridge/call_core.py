@@ -5,7 +5,7 @@ It owns the stream rules (nothing counts before `start`, frames of another strea
 sequence gaps are counted), the stream guard's start and media deadlines, transcoding the agent's audio into
 Twilio frames, what the caller was sent and heard (CallState: marks, barge-in, the cut turn's late audio),
 turn counting, the transcript (the caller's line also closes at turn boundaries), the call's statistics and
-the hang-up or transfer that waits for the goodbye.
+the hang-up or transfer that waits for the goodbye, and when the hold sound may play.
 
 The pump (phonebridge.bridge) feeds it and then drains it, in this order::
 
@@ -14,9 +14,7 @@ The pump (phonebridge.bridge) feeds it and then drains it, in this order::
     for frame in call.twilio_to_send(): ...    # str frames for the Twilio socket, in order
     for message in call.model_to_send(): ...   # Say / Remember for the model link
     for effect in call.effects(): ...          # Open, Refuse, Expire, Stopped, HangUp, Transfer, StartTools, ...
-    timer.reset(call.next_deadline())
-
-(the messages and effects are phonebridge.call_effects).
+    timer.reset(call.next_deadline())       # messages and effects: phonebridge.call_effects
 
 `receive_twilio` hands inbound media straight back (the hot path: the pump transcodes it with `inbound` and
 sends it to the model; media produces no other output, so the pump need not drain after it). Drains return
@@ -75,8 +73,6 @@ from phonebridge.stream_guard import IdleWatch, StreamGuard, agent_parameters
 log = logging.getLogger("phonebridge.call")
 
 _NOTHING: tuple[Any, ...] = ()
-# Model events at which the caller's words so far are a line of the transcript (see _caller_line_ends).
-_CALLER_LINE_ENDS = (AudioOut, OutputText, ToolCalls, Interrupted, TurnComplete)
 
 
 class Call:
@@ -234,6 +230,15 @@ class Call:
         # The gate is the app's: a flood of refused streams is logged sparingly, each line with the count.
         if self._guard.log_gate.should_log(now):
             self.log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
+
+    # -- the hold sound (played by phonebridge.tool_calls.HoldPlayer while a handler is slow) ----------------
+
+    def may_hold(self) -> bool:  # only once everything of the agent's has played (or was cleared)
+        return self.state.all_played
+
+    def hold_frame(self, ulaw: bytes) -> str:
+        """A hold-sound frame for Twilio. Not marked: it is not the agent's, and proves nothing it said."""
+        return twilio.media_message(self.stream_sid, ulaw)
 
     def stop_watching(self) -> None:
         """The call is ending (our side): the stream guard's deadlines no longer apply."""

@@ -1,4 +1,4 @@
-"""What the call core (phonebridge.call_core) hands its pump, and the statistics it keeps. Sans-I/O: plain
+"""Sans-I/O: what the call core (phonebridge.call_core) hands its pump, and the statistics it keeps. Plain
 frozen dataclasses; the pump (phonebridge.bridge) executes each one.
 
 Messages for the model link: Say (send text), Remember (keep a transcript line for a reconnection).

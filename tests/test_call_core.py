@@ -333,3 +333,36 @@ def test_an_event_the_core_has_no_rule_for_is_a_local_protocol_error():
     call = opened()
     with pytest.raises(LocalProtocolError):
         call.receive_model(object(), 0.0)  # type: ignore[arg-type]  # not a model event: our misuse
+
+
+def test_the_hold_sound_waits_for_the_agents_audio_to_play_and_is_never_marked():
+    call = opened()
+    assert call.may_hold()
+    call.agent_audio(PCM_20MS * 5, 1.0)
+    (mark_frame,) = [f for f in sent(call) if f["event"] == "mark"]
+    assert not call.may_hold()  # the agent is still being heard
+    call.receive_twilio(mark(2, mark_frame["mark"]["name"]), 1.1)
+    assert call.may_hold()
+    frame = json.loads(call.hold_frame(b"\x7f" * 160))
+    assert frame == {"event": "media", "streamSid": STREAM, "media": {"payload": base64.b64encode(b"\x7f" * 160).decode()}}
+    assert call.twilio_to_send() == () and call.may_hold()  # outside the mark accounting
+
+
+@pytest.mark.parametrize("module", ["call_core", "call_effects", "call"])
+def test_the_pure_call_modules_say_so_and_import_no_io_clock_or_sdk(module):
+    import ast
+    import importlib
+    import pathlib
+
+    mod = importlib.import_module(f"phonebridge.{module}")
+    source = pathlib.Path(mod.__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    assert (ast.get_docstring(tree) or "").startswith("Sans-I/O")
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"asyncio", "aiohttp", "websockets", "socket", "threading", "time", "google"}
+    assert len(source.splitlines()) < 400
