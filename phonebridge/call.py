@@ -1,20 +1,40 @@
-"""The call's outbound state machine (no I/O, no clock: `now` is a parameter).
+"""Sans-I/O: the call's outbound state machine (no clock either: `now` is a parameter).
 
 It knows what was queued to Twilio and what the caller has actually heard. Marks are the only proof of
 playback: we send one after every ~100 ms of agent audio and at each turn's end, and a mark echoed
 because of a `clear` proves nothing, so marks outstanding at a clear are written off. Inputs are events
-from the model and from Twilio; outputs are actions the bridge executes in order.
+from the model and from Twilio; outputs are actions that phonebridge.call_core.Call turns into frames and
+effects, in order.
 
-    turn state:  idle --audio--> speaking --turn_complete--> idle
-                           speaking --interrupted--> cut --turn_complete--> idle
-    audio that arrives while `cut` belongs to the interrupted turn and is dropped.
+The turn state is the table `TURN` below; audio that arrives while `cut` belongs to the interrupted turn
+and is dropped. Every model event has a move in every state (the peer may send any of them at any time);
+a move the table lacks is our own bug and raises LocalProtocolError.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from phonebridge.errors import LocalProtocolError
+
 BYTES_PER_SECOND = 8000  # 8 kHz mu-law: one byte a sample
+
+IDLE, SPEAKING, CUT = "idle", "speaking", "cut"
+AUDIO, INTERRUPTED, TURN_COMPLETE = "audio", "interrupted", "turn_complete"
+
+TURN: dict[str, dict[str, str]] = {  # state -> event -> next state
+    IDLE: {AUDIO: SPEAKING, INTERRUPTED: IDLE, TURN_COMPLETE: IDLE},  # a stray `interrupted` cuts nothing
+    SPEAKING: {AUDIO: SPEAKING, INTERRUPTED: CUT, TURN_COMPLETE: IDLE},
+    CUT: {AUDIO: CUT, INTERRUPTED: CUT, TURN_COMPLETE: IDLE},  # late audio of the cut turn is dropped here
+}
+
+
+def next_turn_state(state: str, event: str) -> str:
+    """The move `event` makes from `state`; a move the table lacks is our bug, not the peer's."""
+    try:
+        return TURN[state][event]
+    except KeyError:
+        raise LocalProtocolError(f"no turn move for {event!r} in state {state!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +89,7 @@ class CallState:
     mark_every_bytes: int = 800
     end_action_grace_s: float = 15.0
     turn: int = 0
-    speaking: bool = False
-    cut: bool = False
+    phase: str = IDLE
     barge_ins: list[BargeIn] = field(default_factory=list)
     dropped_cut_bytes: int = 0
     _marks: dict[str, _MarkInfo] = field(default_factory=dict)
@@ -85,18 +104,30 @@ class CallState:
     _pending_deadline: float = 0.0
     _pending_armed: bool = False
 
+    @property
+    def speaking(self) -> bool:
+        return self.phase == SPEAKING
+
+    @property
+    def cut(self) -> bool:
+        return self.phase == CUT
+
     # -- the model's side ------------------------------------------------------------------------------
+
+    def drop_cut(self, ulaw_bytes: int) -> bool:
+        """True (and counted) when the turn is cut: its late audio is dropped, even before transcoding."""
+        if self.phase == CUT:
+            self.dropped_cut_bytes += ulaw_bytes
+            return True
+        return False
 
     def agent_audio(self, frames: list[bytes], now: float) -> list[Action]:
         """Frames of mu-law for the current turn -> media (and marks) to send, or nothing if the turn is cut."""
         size = sum(len(f) for f in frames)
-        if self.cut:
-            self.dropped_cut_bytes += size
+        if self.drop_cut(size) or not size:
             return []
-        if not size:
-            return []
-        if not self.speaking:
-            self.speaking, self.turn = True, self.turn + 1
+        if self.phase == IDLE:
+            self.phase, self.turn = next_turn_state(self.phase, AUDIO), self.turn + 1
             self._turn_sent, self._turn_heard, self._heard_at, self._first_sent_at = 0, 0, None, now
         actions: list[Action] = []
         for frame in frames:
@@ -111,19 +142,16 @@ class CallState:
 
     def agent_interrupted(self, now: float) -> list[Action]:
         """The caller barged in: clear Twilio's buffer and write off everything queued for this turn."""
-        if self.cut:
-            return []
-        if not self.speaking:
-            # Nothing of this turn was sent: nothing to cut, and a stray `interrupted` (no turnComplete after
-            # it) must not silence the next turn.
-            return [SendClear()] if self._marks else []
-        self.cut = True
+        if self.phase != SPEAKING:
+            # Cut already, or nothing of this turn was sent: nothing to cut, and a stray `interrupted` (no
+            # turnComplete after it) must not silence the next turn.
+            return [SendClear()] if self._marks and self.phase == IDLE else []
+        self.phase = next_turn_state(self.phase, INTERRUPTED)
         heard = self._estimate_heard(now)
         self.barge_ins.append(BargeIn(self.turn, self._turn_sent, heard))
         self._written_off.update(self._marks)
         self._marks.clear()
         self._unmarked = 0
-        self.speaking = False
         return [SendClear()]
 
     def agent_turn_complete(self, now: float) -> list[Action]:
@@ -131,7 +159,7 @@ class CallState:
         if self.speaking and self._unmarked:
             actions.append(self._mark())
         was_cut = self.cut
-        self.speaking = self.cut = False
+        self.phase = next_turn_state(self.phase, TURN_COMPLETE)
         if self._pending is not None and not was_cut:
             self._pending_armed = True
         return actions + self._pending_due(now)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from google import genai
@@ -15,31 +14,9 @@ from google.genai import types
 from phonebridge import twilio
 from phonebridge.agent import Agent
 from phonebridge.handler_pool import HandlerPool
+from phonebridge.call_effects import CallStats as CallStats  # it lived here; the call core fills it now
 from phonebridge.metrics import Metrics
 from phonebridge.tools import ToolRegistry
-
-
-@dataclass
-class CallStats:
-    """What happened on one call: for the summary log line, metrics and tests."""
-
-    started: float = field(default_factory=time.monotonic)
-    call_sid: str = ""
-    outcome: str = "unknown"
-    frames_in: int = 0
-    frames_out: int = 0
-    malformed: int = 0
-    ignored: int = 0
-    lost_frames: int = 0
-    dtmf: list[str] = field(default_factory=list)
-    turns: int = 0
-    barge_ins: int = 0
-    tool_calls: int = 0
-    hold_plays: int = 0
-    first_audio_s: float | None = None
-    prompt_tokens: int = 0
-    response_tokens: int = 0
-    transcript: list[tuple[float, str, str]] = field(default_factory=list)
 
 
 class CallServices:

@@ -65,3 +65,7 @@ class TwilioApiError(PhonebridgeError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class LocalProtocolError(PhonebridgeError):
+    """We broke our own rules (a bug): a move the call core's state table does not allow. Loud in tests."""
