@@ -112,3 +112,27 @@ async def test_a_replayed_start_with_the_live_call_s_genuine_token_is_refused_an
             assert await server.exit_code() == 0
     assert len(emu.connections) == 1
     assert rest.requests == [] and rest.calls[victim.call_sid]["status"] == "in-progress"
+
+
+@pytest.mark.xfail(strict=True, reason="bridge.py logs 'call ended: stream_refused ...' at INFO for every refused "
+                   "socket, outside the stream guard's sparse log; the fix is in CallSession's shutdown (bridge.py, "
+                   "being refactored): log a refused or no_start socket's end only when the guard logged its refusal")
+async def test_a_flood_of_forged_starts_is_logged_sparingly_end_lines_included(tmp_path: Path) -> None:
+    async with LiveEmulator(Script([WaitForText(), Say("Hello.", seconds=0.2)])) as emu, \
+            TwilioRestEmulator(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as rest:
+        server = await serve(tmp_path, emu, rest)
+        try:
+            for _ in range(30):  # each its own signed upgrade (a captured header), then a start for a made-up call
+                attacker = caller_for(server, start_overrides={"callSid": "CA" + "5" * 32})
+                try:
+                    await attacker.dial()
+                    await attacker.closed()
+                finally:
+                    await attacker.close()
+                assert attacker.close_code == 1008
+        finally:
+            server.proc.send_signal(signal.SIGTERM)
+            assert await server.exit_code() == 0
+    assert emu.connections == []
+    assert sum("refused the media stream" in line for line in server.lines) == 5  # the guard's own: sparse
+    assert sum("stream_refused" in line for line in server.lines) <= 5  # every line about them, not 30
