@@ -47,6 +47,9 @@ def test_any_instance_with_the_same_secret_verifies_a_token_another_issued() -> 
     (CALL, "AC" + "9" * 32, independent_token(CALL, ACCOUNT)),  # another account
     (CALL, ACCOUNT, independent_token(CALL, ACCOUNT)[:-1]),  # truncated
     (CALL, ACCOUNT, independent_token(CALL, ACCOUNT).upper()),  # not what was issued
+    (CALL, ACCOUNT, " " + independent_token(CALL, ACCOUNT)),  # whitespace is not trimmed
+    (CALL, ACCOUNT, independent_token(CALL, ACCOUNT) + "\n"),
+    (CALL.lower(), ACCOUNT, independent_token(CALL, ACCOUNT)),  # callSids are compared exactly too
     (CALL, ACCOUNT, ""),
     (CALL, ACCOUNT, None),
     (CALL, ACCOUNT, "\u00e9" * 64),  # non-ASCII is compared, not an exception
