@@ -295,6 +295,8 @@ class _Handlers:
             stats = await session.run()
         finally:
             self._rt.remove(session)
+            if session.stats.call_sid:  # set only once its start passed the guard, which then held the callSid
+                self._guard.release(session.stats.call_sid)
         self._rt.finished.append(stats)
         del self._rt.finished[:-FINISHED_KEEP]
         self._rt.note_model_health(stats)

@@ -58,6 +58,10 @@ class ToolArgumentError(ToolError):
     """The model called a tool with arguments that do not fit its declared parameters."""
 
 
+class ToolResponseError(ToolError):
+    """A handler returned something that cannot be sent to the model (an iterator, or too much)."""
+
+
 class TwilioApiError(PhonebridgeError):
     """Twilio's REST API refused a request. `status` is the HTTP status (None: no response), `code` Twilio's code."""
 

@@ -105,7 +105,8 @@ class Metrics:
         self.tokens = Counter("phonebridge_model_tokens", "Live tokens from usageMetadata, by kind.", ["kind"], registry=r)
         self.streams_closed = Counter(
             "phonebridge_streams_guarded", "Media streams the bridge closed itself, by reason: refused at start "
-            "(missing_token, bad_token, wrong_account), no start in time (no_start), silent (media_timeout).",
+            "(missing_token, bad_token, wrong_account, duplicate_stream, replayed_stream), no start in time "
+            "(no_start), silent (media_timeout).",
             ["reason"], registry=r,
         )
         self.webhooks_refused = Counter(

@@ -7,10 +7,14 @@
 - Before ``start``: the socket must send it within ``start_timeout_s`` (frames before it do not count),
   so idle signed sockets cannot hold the call slots.
 - After ``start``: some frame at least every ``media_timeout_s`` (Twilio sends media every 20 ms).
+- One stream per callSid, once, per server process (:class:`CallClaims`): the token is stateless, so a
+  captured ``start`` replayed on another socket carries a genuine token; without this it opened a second
+  Live session for the live call, whose media timeout (or ``end_call``) then hung the victim up.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from phonebridge import twilio
@@ -18,6 +22,7 @@ from phonebridge.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
 
 START_TIMEOUT_S = 10.0
 MEDIA_TIMEOUT_S = 15.0
+REMEMBER_ENDED = 4096  # ended callSids kept to refuse replays; ~100 bytes each
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,15 @@ class StreamGuard:
     start_timeout_s: float = START_TIMEOUT_S
     media_timeout_s: float = MEDIA_TIMEOUT_S
     log_gate: SparseLog = field(default_factory=lambda: SparseLog(), compare=False)  # shared by the app's calls
+    remember_ended: int = REMEMBER_ENDED
+    claims: CallClaims = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "claims", CallClaims(self.remember_ended))
 
     def refusal(self, start: twilio.Start) -> str | None:
-        """None when this ``start`` may open a call; otherwise the reason (a metric label)."""
+        """None when this ``start`` may open a call, which then holds its callSid until :meth:`release`;
+        otherwise the reason (a metric label)."""
         if self.tokens is None:
             return None
         if self.account_sid and start.account_sid != self.account_sid:
@@ -41,7 +52,45 @@ class StreamGuard:
             return "missing_token"
         if not self.tokens.valid(start.call_sid, start.account_sid, token):
             return "bad_token"
+        return self.claims.claim(start.call_sid)
+
+    def release(self, call_sid: str) -> None:
+        """The stream that opened ``call_sid`` has ended (harmless for a callSid it never claimed)."""
+        self.claims.release(call_sid)
+
+
+class CallClaims:
+    """The callSids this process is streaming, and the last ``remember`` it streamed. Twilio opens one
+    stream per ``<Connect><Stream>``, and phonebridge's TwiML never leads back to it for the same call, so a
+    second ``start`` for a callSid is a replay: while the call is live ("duplicate_stream") or after
+    ("replayed_stream": the call may still be live, in the fallback ``<Dial>``). Per process only: tokens
+    stay stateless, so a replay reaching another instance is not caught (see docs/robustness.md)."""
+
+    __slots__ = ("_ended", "_live", "_remember")
+
+    def __init__(self, remember: int = REMEMBER_ENDED) -> None:
+        self._remember = remember
+        self._live: set[str] = set()
+        self._ended: OrderedDict[str, None] = OrderedDict()
+
+    def claim(self, call_sid: str) -> str | None:
+        if call_sid in self._live:
+            return "duplicate_stream"
+        if call_sid in self._ended:
+            return "replayed_stream"
+        self._live.add(call_sid)
         return None
+
+    def release(self, call_sid: str) -> None:
+        if call_sid not in self._live:
+            return
+        self._live.discard(call_sid)
+        self._ended[call_sid] = None
+        while len(self._ended) > self._remember:
+            self._ended.popitem(last=False)  # the oldest first
+
+    def ended_count(self) -> int:
+        return len(self._ended)
 
 
 def agent_parameters(start: twilio.Start) -> dict[str, str]:

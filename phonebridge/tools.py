@@ -20,13 +20,13 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-import pydantic_core
 from google.genai import types
 
 from phonebridge.context import CallContext, normalize_transfer_target
-from phonebridge.errors import ConfigError, ToolArgumentError, ToolError
+from phonebridge.errors import ConfigError, ToolArgumentError, ToolError, ToolResponseError
 from phonebridge.handler_pool import HandlerPool, capture, unwrap
 from phonebridge.schema import HandlerSignature, inspect_handler
+from phonebridge.tool_response import to_response
 
 if TYPE_CHECKING:
     from phonebridge.agent import Agent
@@ -39,6 +39,7 @@ __all__ = [
     "ToolSpec",
     "all_tools",
     "builtin_tools",
+    "to_response",
 ]
 
 _log = logging.getLogger("phonebridge.tools")
@@ -186,14 +187,6 @@ class ToolOutcome:
         return self.finished - self.started
 
 
-def to_response(value: Any) -> dict[str, Any]:
-    """A handler's return value as a JSON-able response: mappings as they are, anything else as `result`."""
-    jsonable = pydantic_core.to_jsonable_python(value, fallback=str)
-    if isinstance(value, Mapping):
-        return dict(jsonable)
-    return {"result": "done" if value is None else jsonable}
-
-
 async def _settled(task: asyncio.Task[types.FunctionResponse]) -> Any:
     """`await task` as gather(return_exceptions=True) would report it: its result or its exception (a
     CancelledError when the task itself was cancelled). Our own cancellation still propagates."""
@@ -326,6 +319,10 @@ class ToolDispatcher:
             async with asyncio.timeout(timeout_s):
                 value = await self._invoke(spec, kwargs)
             return "ok", to_response(value)
+        except ToolResponseError as exc:
+            self._log.warning("tool %s %s", name, exc)
+            return "error", {"error": f"The {name} tool failed: it {exc}. Tell the caller it could not be done "
+                             "right now and offer another way to help."}
         except ToolArgumentError as exc:
             return "invalid", {"error": f"Invalid arguments for {name}: {exc}. Call it again with corrected ones."}
         except TimeoutError:

@@ -107,7 +107,8 @@ class Stop:
 
 @dataclass(frozen=True, slots=True)
 class Unknown:
-    """An event this version does not know; ``raw`` is the whole message, read-only. Log it and go on."""
+    """An event this version does not know; ``raw`` is the whole message, read-only. Log it and go on.
+    ``event`` is the name, clipped (with its length) past 40 characters: it goes into the log as it is."""
 
     event: str
     raw: Mapping[str, Any]
@@ -150,7 +151,7 @@ def parse_event(text: str | bytes, *, max_message_bytes: int = DEFAULT_MAX_MESSA
         raise TwilioProtocolError(f"field 'event' must be a string, got {_json_type(event)}", reason="bad_type")
     parser = _PARSERS.get(event)
     if parser is None:
-        return Unknown(event, MappingProxyType(msg))
+        return Unknown(_shown(event, quoted=False), MappingProxyType(msg))
     return parser(msg)
 
 
@@ -211,7 +212,8 @@ def _start_stream_sid(msg: dict[str, Any], start: dict[str, Any]) -> str:
     stream_sid = _sid(msg, "streamSid", "start")
     inner_sid = start.get("streamSid", stream_sid)
     if inner_sid != stream_sid:
-        _fail("start", f"field 'start.streamSid' {inner_sid!r} differs from 'streamSid' {stream_sid!r}", "bad_value")
+        _fail("start", f"field 'start.streamSid' {_shown(inner_sid)} differs from 'streamSid' {_shown(stream_sid)}",
+              "bad_value")
     return stream_sid
 
 
@@ -229,7 +231,7 @@ def _custom_parameters(start: dict[str, Any]) -> Mapping[str, str]:
     params = _object(start, "customParameters", "start", "start.")
     for name, value in params.items():
         if type(value) is not str:
-            where = f"start.customParameters.{name}"
+            where = f"start.customParameters.{_shown(name, quoted=False)}"
             _fail("start", f"field '{where}' must be a string, got {_json_type(value)}", "bad_type")
     return MappingProxyType(params)
 
@@ -238,7 +240,7 @@ def _parse_dtmf(msg: dict[str, Any]) -> Dtmf:
     dtmf = _object(msg, "dtmf", "dtmf")
     digit = _string(dtmf, "digit", "dtmf", "dtmf.")
     if digit not in _DTMF_DIGITS:
-        _fail("dtmf", f"field 'dtmf.digit' must be one of 0-9 * # A-D, got {digit!r}", "bad_value")
+        _fail("dtmf", f"field 'dtmf.digit' must be one of 0-9 * # A-D, got {_shown(digit)}", "bad_value")
     return Dtmf(
         _integer(msg, "sequenceNumber", "dtmf"),
         _sid(msg, "streamSid", "dtmf"),
@@ -279,6 +281,19 @@ _PARSERS: Mapping[str, _Parser] = MappingProxyType(
 
 def _fail(event: str, problem: str, reason: str) -> NoReturn:
     raise TwilioProtocolError(f"{event}: {problem}", reason=reason)
+
+
+_SHOWN_CHARS = 40
+
+
+def _shown(value: object, quoted: bool = True) -> str:
+    """A peer's string for an error message or a log line: whole when short, else clipped with its length
+    (every such message is logged, and a 64 KB frame could otherwise put 64 KB in each line)."""
+    if type(value) is not str:  # only its type: a list of huge numbers is as long as the frame
+        return f"a JSON {_json_type(value)}"
+    if len(value) <= _SHOWN_CHARS:
+        return repr(value) if quoted else value
+    return f"{value[:20]!r}... ({len(value)} characters)"
 
 
 def _json_type(value: object) -> str:

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +56,13 @@ def legitimate(start: twilio.Start) -> bool:
     """A start the bridge accepts: our account, and the token issued for its own callSid."""
     token = start.custom_parameters.get(TOKEN_PARAMETER)
     return start.account_sid == ACCOUNT and token == stream_token(start.call_sid, start.account_sid)
+
+
+def as_call(frame: str | bytes, call_sid: str) -> str | bytes:
+    """A frame of the fixed test call rewritten for ``call_sid`` (its token too)."""
+    if isinstance(frame, bytes):
+        return frame
+    return frame.replace(stream_token(CALL_SID), stream_token(call_sid)).replace(CALL_SID, call_sid)
 
 
 def make_agent() -> Agent:
@@ -347,7 +355,9 @@ async def test_any_sequence_of_frames_on_the_live_socket_has_its_documented_outc
         sequence.append(json.dumps(CONNECTED))
     if prefix == "connected+start":
         sequence.append(json.dumps(start_frame()))
-    sequence += frames
+    # Each example is its own call: the bridge streams a callSid once (a replayed start is refused).
+    call_sid = "CA" + secrets.token_hex(16)
+    sequence = [as_call(frame, call_sid) for frame in [*sequence, *frames]]
     expected = Expected()
     for frame in sequence:
         expected.feed(frame)

@@ -47,6 +47,9 @@ def test_any_instance_with_the_same_secret_verifies_a_token_another_issued() -> 
     (CALL, "AC" + "9" * 32, independent_token(CALL, ACCOUNT)),  # another account
     (CALL, ACCOUNT, independent_token(CALL, ACCOUNT)[:-1]),  # truncated
     (CALL, ACCOUNT, independent_token(CALL, ACCOUNT).upper()),  # not what was issued
+    (CALL, ACCOUNT, " " + independent_token(CALL, ACCOUNT)),  # whitespace is not trimmed
+    (CALL, ACCOUNT, independent_token(CALL, ACCOUNT) + "\n"),
+    (CALL.lower(), ACCOUNT, independent_token(CALL, ACCOUNT)),  # callSids are compared exactly too
     (CALL, ACCOUNT, ""),
     (CALL, ACCOUNT, None),
     (CALL, ACCOUNT, "\u00e9" * 64),  # non-ASCII is compared, not an exception
@@ -105,3 +108,50 @@ def test_repeated_refusals_are_logged_first_then_once_a_minute_with_the_count() 
     logged = [n for n, now in enumerate([0.0, 1.0, 2.0, 30.0, 61.0, 62.0, 125.0], start=1) if gate.should_log(now)]
     assert logged == [1, 2, 5, 7]
     assert gate.count == 7
+
+
+# -- one stream per callSid on an instance (a replayed `start` carries a genuine token) ---------------------
+
+def guarded() -> StreamGuard:
+    return StreamGuard(StreamTokens(SECRET), ACCOUNT)
+
+
+def genuine(call_sid: str = CALL) -> twilio.Start:
+    return start(call_sid, **{STREAM_TOKEN_PARAMETER: independent_token(call_sid, ACCOUNT)})
+
+
+def test_a_second_stream_for_a_live_call_is_refused_even_with_its_genuine_token() -> None:
+    guard = guarded()
+    assert guard.refusal(genuine()) is None
+    assert guard.refusal(genuine()) == "duplicate_stream"  # the same start replayed on another socket
+    assert guard.refusal(genuine(OTHER_CALL)) is None  # other calls are not affected
+
+
+def test_a_call_whose_stream_ended_does_not_stream_again_on_this_instance() -> None:
+    guard = guarded()
+    assert guard.refusal(genuine()) is None
+    guard.release(CALL)
+    assert guard.refusal(genuine()) == "replayed_stream"
+
+
+def test_a_refused_start_claims_nothing_and_releasing_an_unclaimed_call_is_harmless() -> None:
+    guard = guarded()
+    assert guard.refusal(start(CALL, **{STREAM_TOKEN_PARAMETER: "forged"})) == "bad_token"
+    guard.release(OTHER_CALL)
+    assert guard.refusal(genuine()) is None
+
+
+def test_the_memory_of_ended_calls_is_bounded() -> None:
+    guard = StreamGuard(StreamTokens(SECRET), ACCOUNT, remember_ended=3)
+    sids = ["CA" + f"{n:032d}" for n in range(5)]
+    for sid in sids:
+        assert guard.refusal(genuine(sid)) is None
+        guard.release(sid)
+    assert guard.claims.ended_count() == 3
+    assert guard.refusal(genuine(sids[0])) is None  # forgotten: the oldest went first
+    assert guard.refusal(genuine(sids[-1])) == "replayed_stream"
+
+
+def test_without_enforcement_nothing_is_claimed() -> None:
+    guard = StreamGuard()
+    assert guard.refusal(genuine()) is None and guard.refusal(genuine()) is None

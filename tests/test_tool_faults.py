@@ -134,3 +134,63 @@ async def test_our_cancellation_still_propagates_when_the_handler_turns_it_into_
     with pytest.raises(asyncio.CancelledError):
         await job
     assert [o.status for o in d.outcomes] == ["cancelled", "cancelled"]
+
+
+# -- what a handler returns (converted on the event loop, so the conversion itself must be bounded) --------
+
+def _never_past_the_first() -> Iterator[int]:
+    yield 1
+    raise AssertionError("the dispatcher iterated the handler's generator")  # itertools.count(): forever
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+def returning(value: Any) -> ToolRegistry:
+    registry = ToolRegistry()
+
+    def lookup() -> Any:
+        """Returns something odd."""
+        return value() if callable(value) else value
+
+    registry.register(lookup, name="lookup")
+    return registry
+
+
+@pytest.mark.parametrize("value, answer", [
+    # A generator was iterated on the event loop: itertools.count() wedged every call of the process.
+    (_never_past_the_first, "returned an iterator"),
+    (lambda: iter([1, 2]), "returned an iterator"),
+    # 1 MiB and more went to the model as one frame (the Live session's limits are not ours to find out).
+    (lambda: "x" * (2 * 1024 * 1024), "too large"),
+    (lambda: {"rows": list(range(400_000))}, "too large"),
+    (_Unprintable, None),  # neither str nor repr: the internal error, not an exception
+])
+async def test_a_handler_s_unsendable_return_value_is_its_error_answer(
+    value: Any, answer: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    d = dispatcher(returning(value))
+    with caplog.at_level(logging.WARNING):
+        out = await asyncio.wait_for(d.dispatch([types.FunctionCall(id="r", name="lookup", args={})]), 10)
+    [response] = [r.response for r in out]
+    assert response is not None and set(response) == {"error"}
+    assert [o.status for o in d.outcomes] == ["error"]
+    if answer is not None:
+        assert answer in response["error"]
+        assert any(answer in r.getMessage() for r in caplog.records)
+
+
+def test_non_finite_floats_become_strings_not_the_invalid_json_the_sdk_would_send() -> None:
+    # json.dumps (the SDK's) writes NaN and Infinity as bare words, which no strict JSON parser accepts.
+    import json
+
+    from phonebridge.tools import to_response
+
+    response = to_response({"ratio": float("nan"), "max": [float("inf"), -float("inf")]})
+    json.dumps(response, allow_nan=False)
+    assert response == {"ratio": "NaN", "max": ["Infinity", "-Infinity"]}

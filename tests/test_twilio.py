@@ -485,3 +485,33 @@ def test_sequence_tracker_first_number_missing() -> None:
     tracker = SequenceTracker(first=1)
     assert tracker.observe(3) == 2
     assert (tracker.gaps, tracker.lost) == (1, 2)
+
+
+# --- what a hostile frame can put in a log line (a 60 KB string echoed in every error message) ------------
+
+_HUGE = "x" * 60_000
+
+
+@pytest.mark.parametrize("text", [
+    START.replace('"lang":"it"', json.dumps({_HUGE: 1})[1:-1]),  # a parameter name, with a non-string value
+    START.replace('"streamSid":"MZ01","accountSid"', f'"streamSid":"{_HUGE}","accountSid"'),  # differing sids
+    START.replace('"streamSid":"MZ01",', f'"streamSid":"{_HUGE}",', 1),
+    DTMF.replace('"#"', f'"{_HUGE}"'),
+])
+def test_a_hostile_value_is_clipped_in_the_error_message(text: str) -> None:
+    with pytest.raises(TwilioProtocolError) as info:
+        parse_event(text)
+    assert len(str(info.value)) < 300 and "60000 characters" in str(info.value)
+
+
+def test_an_unknown_event_s_name_is_clipped_for_the_log_and_kept_whole_in_raw() -> None:
+    event = parse_event(json.dumps({"event": _HUGE, "streamSid": "MZ01"}))
+    assert isinstance(event, Unknown)
+    assert len(event.event) < 100 and "60000 characters" in event.event
+    assert event.raw["event"] == _HUGE
+
+
+def test_a_non_string_start_stream_sid_is_named_by_its_type_not_echoed() -> None:
+    text = START.replace('"start":{"streamSid":"MZ01"', '"start":{"streamSid":[' + "9" * 4000 + "]")
+    with pytest.raises(TwilioProtocolError, match=r"^start: field 'start.streamSid' a JSON array differs from"):
+        parse_event(text)
