@@ -94,6 +94,7 @@ class Call:
         self._effects: list[Effect] = []
         self._partial = {"caller": "", "agent": ""}
         self._answering = False  # the model's turn has begun (its first audio or transcript)
+        self._end_unlogged = False  # the app's gate held back this socket's guard line (a flood): end at DEBUG too
 
     # -- draining ----------------------------------------------------------------------------------------
 
@@ -227,8 +228,8 @@ class Call:
         self._act(self.state.tick(now))
 
     def _guarded(self, now: float, message: str, *args: Any) -> None:
-        # The gate is the app's: a flood of refused streams is logged sparingly, each line with the count.
-        if self._guard.log_gate.should_log(now):
+        self._end_unlogged = not self._guard.log_gate.should_log(now)
+        if not self._end_unlogged:
             self.log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
 
     # -- the hold sound (played by phonebridge.tool_calls.HoldPlayer while a handler is slow) ----------------
@@ -363,9 +364,9 @@ class Call:
             self._flush_transcript(who, now)
 
     def log_summary(self, now: float) -> None:
-        s = self.stats
-        self.log.info(
-            "call ended: %s after %.1f s, %d turns, %d barge-ins, %d tool calls, first audio %s, %d malformed",
+        s, level = self.stats, logging.DEBUG if self._end_unlogged else logging.INFO
+        self.log.log(
+            level, "call ended: %s after %.1f s, %d turns, %d barge-ins, %d tool calls, first audio %s, %d malformed",
             s.outcome, now - s.started, s.turns, s.barge_ins, s.tool_calls,
             f"{s.first_audio_s * 1000:.0f} ms" if s.first_audio_s is not None else "never", s.malformed,
         )

@@ -114,9 +114,6 @@ async def test_a_replayed_start_with_the_live_call_s_genuine_token_is_refused_an
     assert rest.requests == [] and rest.calls[victim.call_sid]["status"] == "in-progress"
 
 
-@pytest.mark.xfail(strict=True, reason="bridge.py logs 'call ended: stream_refused ...' at INFO for every refused "
-                   "socket, outside the stream guard's sparse log; the fix is in CallSession's shutdown (bridge.py, "
-                   "being refactored): log a refused or no_start socket's end only when the guard logged its refusal")
 async def test_a_flood_of_forged_starts_is_logged_sparingly_end_lines_included(tmp_path: Path) -> None:
     async with LiveEmulator(Script([WaitForText(), Say("Hello.", seconds=0.2)])) as emu, \
             TwilioRestEmulator(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN) as rest:
