@@ -97,7 +97,8 @@ async def emulator() -> AsyncIterator[LiveEmulator]:
 
 
 async def start_server(
-    tmp_path: Path, emu: LiveEmulator, drain_timeout_s: float, agent_source: str = AGENT_FILE
+    tmp_path: Path, emu: LiveEmulator, drain_timeout_s: float, agent_source: str = AGENT_FILE,
+    extra_env: dict[str, str] | None = None,
 ) -> Server:
     """`phonebridge serve` with `agent_source` as its agent file, reaching `emu` for the model."""
     agent = tmp_path / "agent.py"
@@ -105,7 +106,7 @@ async def start_server(
     port = free_port()
     env = {**os.environ, **emu.client_env(), "PHONEBRIDGE_PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
            "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "PHONEBRIDGE_DRAIN_TIMEOUT_S": str(drain_timeout_s),
-           "PHONEBRIDGE_LOG_LEVEL": "INFO"}
+           "PHONEBRIDGE_LOG_LEVEL": "INFO", **(extra_env or {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "phonebridge.cli", "serve", "--agent", str(agent), "--workers", "1",
         "--host", "127.0.0.1", "--port", str(port), env=env, stderr=asyncio.subprocess.PIPE,

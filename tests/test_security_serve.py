@@ -3,10 +3,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
@@ -17,31 +14,13 @@ from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import Say, Script, WaitForCaller, WaitForText
 from phonebridge.testing.twilio_caller import TwilioCaller
 from phonebridge.testing.twilio_rest import TwilioRestEmulator
-from tests.test_drain import AGENT_FILE, Server, free_port
+from tests.test_drain import Server, start_server
 
 pytestmark = pytest.mark.timeout(60)
 
 
 async def serve(tmp_path: Path, emu: LiveEmulator, rest: TwilioRestEmulator) -> Server:
-    agent = tmp_path / "agent.py"
-    agent.write_text(AGENT_FILE)
-    port = free_port()
-    env = {**os.environ, **emu.client_env(), "PHONEBRIDGE_PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
-           "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "PHONEBRIDGE_TWILIO_API_URL": rest.api_base,
-           "PHONEBRIDGE_LOG_LEVEL": "INFO"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "phonebridge.cli", "serve", "--agent", str(agent), "--workers", "1",
-        "--host", "127.0.0.1", "--port", str(port), env=env, stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-    )
-    server = Server(proc, port)
-    try:
-        await server.wait_log("phonebridge serving")
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return server
+    return await start_server(tmp_path, emu, 3600, extra_env={"PHONEBRIDGE_TWILIO_API_URL": rest.api_base})
 
 
 async def test_served_hostile_webhooks_and_a_forged_start_are_refused_quietly(tmp_path: Path) -> None:
