@@ -26,6 +26,7 @@ from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.bridge import CallSession
 from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
+from phonebridge.errors import SignatureError
 from phonebridge.app_resources import GenaiClientOption, ModelClient, SharedResources
 from phonebridge.handler_pool import HandlerPool
 from phonebridge.heap import HeapTrimmer
@@ -259,9 +260,10 @@ class _Handlers:
         return f"wss://{request.host}{MEDIA_PATH}"
 
     async def voice(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
-        if form is None:
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            form = await self._signed_form(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         if self._rt.draining or self._rt.at_capacity():
             why = "draining" if self._rt.draining else "at capacity"
             log.warning("refusing call %s: %s", form.get("CallSid", "?"), why)
@@ -281,8 +283,10 @@ class _Handlers:
         return _xml(twiml.connect_stream(stream_url, parameters, status_callback=status, fallback=fallback))
 
     async def media(self, request: web.Request) -> web.StreamResponse:
-        if not self._signed_upgrade(request):
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            self._check_upgrade(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         if self._rt.draining or self._rt.at_capacity():
             return web.Response(status=503, text="not taking calls")
         services = self._rt.services
@@ -303,9 +307,10 @@ class _Handlers:
         return ws
 
     async def status(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
-        if form is None:
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            form = await self._signed_form(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         log.info(
             "status callback: call %s is %s", form.get("CallSid", "?"),
             form.get("CallStatus") or form.get("StreamEvent") or "?",
@@ -321,47 +326,47 @@ class _Handlers:
         body = {"ready": ready, "draining": self._rt.draining, "model_down": model_down}
         return web.json_response(body, status=200 if ready else 503)
 
-    async def _signed_form(self, request: web.Request) -> dict[str, str] | None:
-        """The webhook's POST form when Twilio signed it; None (refused: logged sparingly, counted) otherwise.
-        Unsigned requests are refused before their body is read; a body that cannot be decoded is refused too."""
+    async def _signed_form(self, request: web.Request) -> dict[str, str]:
+        """The webhook's POST form when Twilio signed it; SignatureError otherwise. Unsigned requests are
+        refused before their body is read; a body that cannot be decoded is refused too."""
         validate, signature = self._rt.settings.validate_signatures, request.headers.get("X-Twilio-Signature")
         if validate and not signature:
-            self._refuse(request, "missing X-Twilio-Signature")
-            return None
+            raise SignatureError("missing X-Twilio-Signature", reason="missing")
         try:
             form = {k: str(v) for k, v in (await request.post()).items()}
         except (ValueError, LookupError, HttpProcessingError) as exc:  # bad bytes, unknown charset, bad multipart
-            self._refuse(request, f"unreadable body ({type(exc).__name__})")
-            return None
+            raise SignatureError(f"unreadable body ({type(exc).__name__})", reason="unreadable_body") from None
         if validate:
             assert self._checker is not None
             if not self._checker.check_webhook(request.path, request.rel_url.raw_query_string, form, signature,
                                                request.headers.get(SETTINGS_HEADER)):
-                self._refuse(request, "bad X-Twilio-Signature")
-                return None
+                raise SignatureError("bad X-Twilio-Signature", reason="bad")
         return form
 
-    def _signed_upgrade(self, request: web.Request) -> bool:
+    def _check_upgrade(self, request: web.Request) -> None:
+        """SignatureError unless the media WebSocket upgrade is Twilio's (or passes dev's authoriser)."""
         if self._upgrade_authoriser is not None:
-            authorised = self._upgrade_authoriser(request)
-            if not authorised:
-                log.warning("rejected media WebSocket upgrade: not authorised (phonebridge dev's page token)")
-            return authorised
+            if not self._upgrade_authoriser(request):
+                raise SignatureError("not authorised (phonebridge dev's page token)", reason="dev_token")
+            return
         if not self._rt.settings.validate_signatures:
-            return True
+            return
         assert self._checker is not None
-        ok = self._checker.check_upgrade(
+        if not self._checker.check_upgrade(
             request.path, request.headers.get("X-Twilio-Signature"), request.headers.get(SETTINGS_HEADER)
-        )
-        if not ok:
-            self._refuse(request, "bad or missing X-Twilio-Signature on the media WebSocket upgrade")
-        return ok
+        ):
+            raise SignatureError("bad or missing X-Twilio-Signature on the media WebSocket upgrade", reason="bad")
 
-    def _refuse(self, request: web.Request, why: str) -> None:
-        self._metrics.request_refused(request.path)
-        if self._refusals.should_log(time.monotonic()):
-            log.warning("refused %s %s: %s (%d refused so far)", request.method, request.path, why,
-                        self._refusals.count)
+    def _refuse(self, request: web.Request, error: SignatureError) -> web.Response:
+        """403, counted and logged sparingly (dev's page token: logged each time, not counted, as before)."""
+        if error.reason == "dev_token":
+            log.warning("rejected media WebSocket upgrade: %s", error)
+        else:
+            self._metrics.request_refused(request.path)
+            if self._refusals.should_log(time.monotonic()):
+                log.warning("refused %s %s: %s (%d refused so far)", request.method, request.path, error,
+                            self._refusals.count)
+        return web.Response(status=403, text="invalid Twilio signature")
 
 
 def _fallback(settings: Settings) -> str | None:
