@@ -16,6 +16,8 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 PACKAGE = Path(__file__).resolve().parents[1] / "phonebridge"
 
 # Cycles through function-local imports that remain, each as the list of modules from its smallest name round
@@ -43,18 +45,16 @@ def _imports(body: list[ast.stmt], *, local: bool) -> Iterator[ast.Import | ast.
     for node in body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        elif isinstance(node, ast.If):
-            if not _is_type_checking(node.test):
-                yield from _imports(node.body, local=local)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)) and not local:
+            continue
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
             yield from _imports(node.orelse, local=local)
-        elif isinstance(node, (ast.Try, ast.With, ast.For, ast.While)):
-            for block in (node.body, *(h.body for h in getattr(node, "handlers", ())),
-                          getattr(node, "orelse", []), getattr(node, "finalbody", [])):
-                yield from _imports(block, local=local)
-        elif isinstance(node, ast.ClassDef):
-            yield from _imports(node.body, local=local)  # a class body runs at import
-        elif local and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            yield from _imports(node.body, local=local)
+        else:  # every other compound statement (if, try, with, for, match, class bodies...) runs its blocks
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    yield from _imports([child], local=local)
+                elif isinstance(child, (ast.excepthandler, ast.match_case)):
+                    yield from _imports(child.body, local=local)
 
 
 def _targets(node: ast.Import | ast.ImportFrom, here: str, is_package: bool, known: set[str]) -> Iterator[str]:
@@ -98,7 +98,7 @@ def import_graph(*, local: bool = False) -> dict[str, set[str]]:
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Every elementary cycle's strongly connected component, shown as one cycle through it (Tarjan + a walk)."""
+    """One cycle per strongly connected component of the graph (Tarjan, then a shortest walk round it)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
@@ -172,6 +172,40 @@ def test_the_graph_sees_what_the_package_imports() -> None:
     assert "phonebridge.agent" not in graph["phonebridge"]  # under `if TYPE_CHECKING:` only
     assert "phonebridge.agent" in lazy["phonebridge"]  # ...and in the lazy __getattr__
     assert "phonebridge.app" not in graph["phonebridge.cli"] and "phonebridge.app" in lazy["phonebridge.serving"]
+
+
+def test_the_reader_finds_imports_in_every_kind_of_block() -> None:
+    source = """
+import phonebridge.a
+if TYPE_CHECKING:
+    import phonebridge.hidden
+else:
+    import phonebridge.b
+try:
+    import phonebridge.c
+except ImportError:
+    import phonebridge.d
+class K:
+    import phonebridge.e
+async def f():
+    async with x:
+        import phonebridge.lazy
+    match y:
+        case 1:
+            import phonebridge.lazier
+"""
+    def names(local: bool) -> set[str]:
+        return {alias.name for node in _imports(ast.parse(source).body, local=local) for alias in node.names}
+
+    assert names(False) == {f"phonebridge.{m}" for m in "abcde"}
+    assert names(True) == names(False) | {"phonebridge.lazy", "phonebridge.lazier"}
+
+
+def test_the_moved_replay_command_says_where_it_went() -> None:
+    import phonebridge.replay
+
+    with pytest.raises(AttributeError, match="import it from phonebridge.replay_cli"):
+        phonebridge.replay.run_replay  # noqa: B018
 
 
 def test_cycles_are_found_and_printed() -> None:
