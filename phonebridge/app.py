@@ -1,12 +1,14 @@
 """make_app(settings, agent) -> web.Application: routes, signature checks, limits, lifecycle.
 
-Composed, not subclassed: typed app state lives under web.AppKey; shared resources (the genai client,
-Twilio REST) are made and closed in cleanup contexts.
+Composed, not subclassed: typed app state lives under web.AppKey; the resources calls share (the handler
+pool, the genai client) are opened at start-up and closed at cleanup by a cleanup context (app_resources.py),
+not made here: an app that never starts holds none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -16,8 +18,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from google import genai
-from google.auth.exceptions import GoogleAuthError
 from google.genai import types
 
 from phonebridge import twiml
@@ -26,7 +26,8 @@ from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.bridge import CallSession
 from phonebridge.call_services import CallServices, CallStats
 from phonebridge.config import Settings
-from phonebridge.errors import ModelUnavailable
+from phonebridge.errors import SignatureError
+from phonebridge.app_resources import GenaiClientOption, ModelClient, SharedResources
 from phonebridge.handler_pool import HandlerPool
 from phonebridge.heap import HeapTrimmer
 from phonebridge.metrics import Metrics
@@ -37,13 +38,14 @@ from phonebridge.signatures import (
     parse_shared_keys,
 )
 from phonebridge.stream_guard import SparseLog, StreamGuard
-from phonebridge.tools import all_tools
+from phonebridge.tools import ToolRegistry, all_tools
 
 log = logging.getLogger("phonebridge.app")
 
 VOICE_PATH, MEDIA_PATH, STATUS_PATH = "/twilio/voice", "/twilio/media", "/twilio/status"
-MAX_FRAME_BYTES = 256 * 1024
-NO_COMPRESSION: dict[str, Any] = {"compression": None}  # reaches websockets.connect through the SDK  # a media frame is ~250 bytes; anything near this is hostile
+MAX_FRAME_BYTES = 256 * 1024  # a media frame is ~250 bytes; anything near this is hostile
+NO_COMPRESSION: dict[str, Any] = {"compression": None}  # reaches websockets.connect through the SDK
+_SDK_OPTIONS = types.HttpOptions(async_client_args=NO_COMPRESSION)  # the client made from the SDK's environment
 
 
 @dataclass
@@ -58,6 +60,10 @@ class Runtime:
     draining: bool = False
     idle_event: asyncio.Event | None = None
     model_down_at: float | None = None
+
+    def install_services(self, services: CallServices) -> None:
+        """What the calls that start from now on share (the app's start-up; phonebridge dev's reload)."""
+        self.services = services
 
     def at_capacity(self) -> bool:
         return len(self.active) >= self.settings.max_calls
@@ -100,6 +106,7 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
+SHARED = web.AppKey("shared", SharedResources)  # the handler pool and the Gemini client, from start-up to cleanup
 MODEL_DOWN_S = 60.0  # readiness stays false this long after a call could not reach the model
 FINISHED_KEEP = 100  # recent calls' stats, for tests and the demo
 
@@ -108,7 +115,7 @@ def make_app(
     settings: Settings,
     agent: Agent,
     *,
-    genai_client: genai.Client | Callable[[], genai.Client] | None = None,
+    genai_client: GenaiClientOption = None,
     rest: Any | None = None,
     observers: Sequence[Callable[[str, dict[str, Any]], None]] = (),
     upgrade_authoriser: Callable[[web.Request], bool] | None = None,
@@ -123,23 +130,17 @@ def make_app(
     registry = all_tools(agent)
     runtime = Runtime(settings, agent)
     metrics = Metrics()
-    client_factory = _client_factory(genai_client)
     rest = rest if rest is not None else _default_rest(settings)
-    runtime.services = CallServices(
-        agent, registry, client_factory,
-        hang_up=rest.hang_up if rest is not None else None,
-        transfer=rest.transfer if rest is not None else None,
-        connect_timeout_s=settings.model_connect_timeout_s,
-        reconnect_attempts=settings.reconnect_attempts,
-        observers=[metrics.observer, *observers],
-        metrics=metrics,
-        log_caller_numbers=settings.log_caller_numbers,
-        recorder_factory=_recorder_factory(settings),
-        executor=(pool := HandlerPool()),  # sync handlers: a bounded share per call, no thread joined at exit
+
+    build = functools.partial(
+        _call_services, agent, registry, settings, rest, [metrics.observer, *observers], metrics,
+        _recorder_factory(settings),
     )
+    shared = SharedResources(ModelClient(genai_client, _SDK_OPTIONS), build, runtime.install_services)
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     app[METRICS] = metrics
+    app[SHARED] = shared
     checker = (
         SignatureChecker(settings.twilio_auth_token or "", settings.public_url,
                          parse_shared_keys(settings.webhook_shared_keys))
@@ -156,7 +157,7 @@ def make_app(
     lag, trimmer = _LoopLagWatch(metrics), HeapTrimmer(settings.heap_trim_s)
     app.on_startup.extend([lag.start, trimmer.start])
     app.on_shutdown.append(_close_calls)
-    app.cleanup_ctx.append(pool.cleanup_ctx)
+    app.cleanup_ctx.append(shared.cleanup_ctx)  # the handler pool and the Gemini client: opened, then closed
     app.on_cleanup.extend([lag.stop, trimmer.stop])
     return app
 
@@ -190,24 +191,24 @@ class _LoopLagWatch:
             self._handle.cancel()
 
 
-def _client_factory(client: genai.Client | Callable[[], genai.Client] | None) -> Callable[[], genai.Client]:
-    if isinstance(client, genai.Client):
-        return lambda: client
-    if client is not None:
-        return client
-    made: list[genai.Client] = []
-
-    def from_environment() -> genai.Client:
-        if not made:
-            # The SDK's own environment (key, GOOGLE_GEMINI_BASE_URL, SSL_CERT_FILE) still applies; we only
-            # decline permessage-deflate: base64 audio barely compresses and deflate cost ~12% of our CPU.
-            try:
-                made.append(genai.Client(http_options=types.HttpOptions(async_client_args=NO_COMPRESSION)))
-            except (ValueError, GoogleAuthError) as exc:  # no usable credentials: the call's fallback runs
-                raise ModelUnavailable(f"cannot build the Gemini client: {exc}") from exc
-        return made[0]
-
-    return from_environment
+def _call_services(
+    agent: Agent, registry: ToolRegistry, settings: Settings, rest: Any | None,
+    observers: list[Callable[[str, dict[str, Any]], None]], metrics: Metrics, recorder_factory: Any | None,
+    client: ModelClient, pool: HandlerPool,
+) -> CallServices:
+    """The services every call of the app shares, on the client and pool its start-up opened."""
+    return CallServices(
+        agent, registry, client,
+        hang_up=rest.hang_up if rest is not None else None,
+        transfer=rest.transfer if rest is not None else None,
+        connect_timeout_s=settings.model_connect_timeout_s,
+        reconnect_attempts=settings.reconnect_attempts,
+        observers=observers,
+        metrics=metrics,
+        log_caller_numbers=settings.log_caller_numbers,
+        recorder_factory=recorder_factory,
+        executor=pool,  # sync handlers: a bounded share per call, no thread joined at exit
+    )
 
 
 def _recorder_factory(settings: Settings) -> Any | None:
@@ -259,9 +260,10 @@ class _Handlers:
         return f"wss://{request.host}{MEDIA_PATH}"
 
     async def voice(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
-        if form is None:
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            form = await self._signed_form(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         if self._rt.draining or self._rt.at_capacity():
             why = "draining" if self._rt.draining else "at capacity"
             log.warning("refusing call %s: %s", form.get("CallSid", "?"), why)
@@ -281,8 +283,10 @@ class _Handlers:
         return _xml(twiml.connect_stream(stream_url, parameters, status_callback=status, fallback=fallback))
 
     async def media(self, request: web.Request) -> web.StreamResponse:
-        if not self._signed_upgrade(request):
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            self._check_upgrade(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         if self._rt.draining or self._rt.at_capacity():
             return web.Response(status=503, text="not taking calls")
         services = self._rt.services
@@ -303,9 +307,10 @@ class _Handlers:
         return ws
 
     async def status(self, request: web.Request) -> web.Response:
-        form = await self._signed_form(request)
-        if form is None:
-            return web.Response(status=403, text="invalid Twilio signature")
+        try:
+            form = await self._signed_form(request)
+        except SignatureError as exc:
+            return self._refuse(request, exc)
         log.info(
             "status callback: call %s is %s", form.get("CallSid", "?"),
             form.get("CallStatus") or form.get("StreamEvent") or "?",
@@ -321,47 +326,47 @@ class _Handlers:
         body = {"ready": ready, "draining": self._rt.draining, "model_down": model_down}
         return web.json_response(body, status=200 if ready else 503)
 
-    async def _signed_form(self, request: web.Request) -> dict[str, str] | None:
-        """The webhook's POST form when Twilio signed it; None (refused: logged sparingly, counted) otherwise.
-        Unsigned requests are refused before their body is read; a body that cannot be decoded is refused too."""
+    async def _signed_form(self, request: web.Request) -> dict[str, str]:
+        """The webhook's POST form when Twilio signed it; SignatureError otherwise. Unsigned requests are
+        refused before their body is read; a body that cannot be decoded is refused too."""
         validate, signature = self._rt.settings.validate_signatures, request.headers.get("X-Twilio-Signature")
         if validate and not signature:
-            self._refuse(request, "missing X-Twilio-Signature")
-            return None
+            raise SignatureError("missing X-Twilio-Signature", reason="missing")
         try:
             form = {k: str(v) for k, v in (await request.post()).items()}
         except (ValueError, LookupError, HttpProcessingError) as exc:  # bad bytes, unknown charset, bad multipart
-            self._refuse(request, f"unreadable body ({type(exc).__name__})")
-            return None
+            raise SignatureError(f"unreadable body ({type(exc).__name__})", reason="unreadable_body") from None
         if validate:
             assert self._checker is not None
             if not self._checker.check_webhook(request.path, request.rel_url.raw_query_string, form, signature,
                                                request.headers.get(SETTINGS_HEADER)):
-                self._refuse(request, "bad X-Twilio-Signature")
-                return None
+                raise SignatureError("bad X-Twilio-Signature", reason="bad")
         return form
 
-    def _signed_upgrade(self, request: web.Request) -> bool:
+    def _check_upgrade(self, request: web.Request) -> None:
+        """SignatureError unless the media WebSocket upgrade is Twilio's (or passes dev's authoriser)."""
         if self._upgrade_authoriser is not None:
-            authorised = self._upgrade_authoriser(request)
-            if not authorised:
-                log.warning("rejected media WebSocket upgrade: not authorised (phonebridge dev's page token)")
-            return authorised
+            if not self._upgrade_authoriser(request):
+                raise SignatureError("not authorised (phonebridge dev's page token)", reason="dev_token")
+            return
         if not self._rt.settings.validate_signatures:
-            return True
+            return
         assert self._checker is not None
-        ok = self._checker.check_upgrade(
+        if not self._checker.check_upgrade(
             request.path, request.headers.get("X-Twilio-Signature"), request.headers.get(SETTINGS_HEADER)
-        )
-        if not ok:
-            self._refuse(request, "bad or missing X-Twilio-Signature on the media WebSocket upgrade")
-        return ok
+        ):
+            raise SignatureError("bad or missing X-Twilio-Signature on the media WebSocket upgrade", reason="bad")
 
-    def _refuse(self, request: web.Request, why: str) -> None:
-        self._metrics.request_refused(request.path)
-        if self._refusals.should_log(time.monotonic()):
-            log.warning("refused %s %s: %s (%d refused so far)", request.method, request.path, why,
-                        self._refusals.count)
+    def _refuse(self, request: web.Request, error: SignatureError) -> web.Response:
+        """403, counted and logged sparingly (dev's page token: logged each time, not counted, as before)."""
+        if error.reason == "dev_token":
+            log.warning("rejected media WebSocket upgrade: %s", error)
+        else:
+            self._metrics.request_refused(request.path)
+            if self._refusals.should_log(time.monotonic()):
+                log.warning("refused %s %s: %s (%d refused so far)", request.method, request.path, error,
+                            self._refusals.count)
+        return web.Response(status=403, text="invalid Twilio signature")
 
 
 def _fallback(settings: Settings) -> str | None:

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import gc
 import logging
 import os
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from phonebridge.errors import ConfigError, PhonebridgeError
+from phonebridge.serving import run_loop, serve
+
+__all__ = ["main", "run_loop", "serve"]  # run_loop and serve moved to serving.py; still importable from here
 
 log = logging.getLogger("phonebridge.cli")
 
@@ -105,60 +105,6 @@ def _serve(args: argparse.Namespace) -> int:
         args.port, args.workers = plan.port, plan.workers
         return serve_workers(args, plan.settings)
     return run_loop(serve(plan.agent, plan.settings, plan.host, plan.port))
-
-
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the server's coroutine on uvloop when it is installed (`pip install phonebridge[fast]`): the
-    per-frame socket and TLS work is the bulk of a call's CPU, and uvloop does it in C.
-    PHONEBRIDGE_EVENT_LOOP=asyncio forces the standard loop."""
-    factory = None
-    if os.environ.get("PHONEBRIDGE_EVENT_LOOP", "auto") != "asyncio":
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
-async def serve(agent: object, settings: object, host: str, port: int, *, reuse_port: bool = False) -> int:
-    """Run until SIGTERM/SIGINT, then drain: refuse new calls, let active ones finish, exit 0."""
-    from aiohttp import web
-
-    from phonebridge.agent import Agent
-    from phonebridge.app import drain, make_app
-    from phonebridge.config import Settings
-
-    assert isinstance(agent, Agent) and isinstance(settings, Settings)
-    app = make_app(settings, agent)
-    # Signal handlers first: the process is never serving without its drain on SIGTERM.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    try:
-        await site.start()
-    except OSError as exc:  # taken since serve's check (preflight.py): still one line, exit 2
-        await runner.cleanup()
-        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
-    # Everything alive now (modules, the SDK's pydantic schemas: ~150,000 objects) lives as long as the
-    # process: keep it out of the cyclic GC's full collections, which otherwise scan it all (~40 ms of a
-    # stalled loop, every call's audio waiting behind it).
-    gc.collect()
-    gc.freeze()
-    log.info("phonebridge serving %s on http://%s:%d (pid %d)", agent.model, host, port, os.getpid())
-    await stop.wait()
-    remaining = await drain(app, settings.drain_timeout_s)
-    if remaining:
-        log.warning("drain timeout: ending %d calls still active", remaining)
-    await runner.cleanup()
-    log.info("phonebridge stopped")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

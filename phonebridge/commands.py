@@ -10,6 +10,6 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     from phonebridge import demo, twilio_cli
 
     demo.add_parser(sub)
-    from phonebridge import replay; replay.add_parser(sub)  # noqa: E702
+    from phonebridge import replay_cli; replay_cli.add_parser(sub)  # noqa: E702
     twilio_cli.add_parsers(sub)
     from phonebridge import dev; dev.add_parser(sub)  # noqa: E702

@@ -196,7 +196,7 @@ class LiveLink:
         self._closing = True
         session, self._session = self._session, None
         if session is not None:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(TimeoutError, OSError):  # websockets' close() absorbs ConnectionClosed
                 async with asyncio.timeout(CLOSE_GRACE_S):
                     await session.close()
 

@@ -1,6 +1,9 @@
-"""`phonebridge replay CASSETTE...`: drive the current code with recorded calls and say where it differs.
+"""What a replay compares: a recorded call's conduct against the current code's, and which cassettes can be replayed.
 
-What is compared (no I/O here: the driver is phonebridge.testing.replay):
+No I/O here. The driver that runs the bridge on a cassette is phonebridge.testing.replay (it imports this
+module); the `phonebridge replay CASSETTE...` command is replay_cli.py (it imports both).
+
+What is compared:
 - the tool calls the bridge ran: id, name, arguments, status and response, in order;
 - the tool responses it sent to the model, in order;
 - its Twilio outbound stream: media bytes concatenated per run (between marks and clears), mark names, clears.
@@ -9,10 +12,7 @@ Times, stream sids, sequence numbers and caller audio are not compared: they dif
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,45 +237,11 @@ _CHECKS = {"twilio_in": _check_twilio, "twilio_out": _check_twilio, "model_out":
            "model_in": _check_model_in, "tool": _check_tool, "model_connect": _check_model_connect}
 
 
-# -- the command line ---------------------------------------------------------------------------------------
+_MOVED = {"add_parser": "phonebridge.replay_cli", "run_replay": "phonebridge.replay_cli"}
 
 
-def add_parser(sub: Any) -> None:
-    replay = sub.add_parser("replay", help="replay recorded calls against the current code; non-zero exit on divergence")
-    replay.add_argument("cassettes", nargs="+", metavar="CASSETTE", help="cassette files (.jsonl) written by --record-dir")
-    replay.add_argument("--agent", default=None, help="agent file or module (default: the recorded tool results)")
-    replay.add_argument("--recorded-tools", action="store_true", help="answer tool calls with the recorded results")
-    replay.add_argument("--realtime", action="store_true", help="replay at the recorded pace instead of flat out")
-    replay.add_argument("--timeout", type=_seconds, default=10.0, help="seconds to wait for the bridge at each step")
-    replay.set_defaults(run=run_replay)
-
-
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= 3600:  # NaN too
-        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to 3600, got {text!r}")
-    return value
-
-
-def run_replay(args: argparse.Namespace) -> int:
-    from phonebridge.agent import load_agent
-    from phonebridge.testing.replay import replay_cassette
-
-    agent = load_agent(args.agent) if args.agent else None
-    failed = 0
-    for path in args.cassettes:
-        try:
-            result = asyncio.run(replay_cassette(
-                path, agent, recorded_tools=args.recorded_tools, speed=1.0 if args.realtime else math.inf,
-                step_timeout_s=args.timeout,
-            ))
-        except CassetteError:
-            raise
-        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-            # check_replayable should have refused the file: still one line (main prints it), not a traceback.
-            raise CassetteError(f"{path}: cannot replay this cassette ({type(exc).__name__}: {exc})") from exc
-        print(result.diff)
-        failed += not result.ok
-    if len(args.cassettes) > 1:
-        print(f"{len(args.cassettes) - failed} of {len(args.cassettes)} cassettes replay as recorded")
-    return 1 if failed else 0
+def __getattr__(name: str) -> Any:
+    # The command moved out so that this module and the driver it serves no longer import each other.
+    if name in _MOVED:
+        raise AttributeError(f"phonebridge.replay.{name} moved: import it from {_MOVED[name]}")
+    raise AttributeError(f"module 'phonebridge.replay' has no attribute {name!r}")

@@ -30,6 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from phonebridge.config import Settings
+from phonebridge.serving import run_loop, serve
 
 log = logging.getLogger("phonebridge.workers")
 
@@ -73,7 +74,6 @@ def run_worker(agent_spec: str, settings: Settings, host: str, port: int, log_le
     for sig in STOP_SIGNALS:
         signal.signal(sig, _exit_cleanly)
     from phonebridge.agent import load_agent
-    from phonebridge.cli import run_loop, serve
     from phonebridge.logs import setup_logging
 
     setup_logging(log_level)
