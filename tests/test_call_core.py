@@ -348,7 +348,7 @@ def test_the_hold_sound_waits_for_the_agents_audio_to_play_and_is_never_marked()
     assert call.twilio_to_send() == () and call.may_hold()  # outside the mark accounting
 
 
-@pytest.mark.parametrize("module", ["call_core", "call_effects", "call"])
+@pytest.mark.parametrize("module", ["call_core", "call_effects", "call", "tool_turns", "tool_types"])
 def test_the_pure_call_modules_say_so_and_import_no_io_clock_or_sdk(module):
     import ast
     import importlib
