@@ -10,7 +10,6 @@ Anything may *send* on the Twilio socket. One asyncio timer serves every deadlin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -23,8 +22,8 @@ from phonebridge import call_effects as fx
 from phonebridge import tool_calls
 from phonebridge.call import HangUp, Transfer
 from phonebridge.call_core import Call
-from phonebridge.call_open import Live, open_recorder
-from phonebridge.call_services import CallServices, CallStats, Reactions, Recorder
+from phonebridge.call_open import Live, TwilioSocket, notify, open_recorder, record_outcome
+from phonebridge.call_services import CallServices, CallStats, Reactions
 from phonebridge.errors import ModelUnavailable
 from phonebridge.model_events import AudioOut, ModelEvent
 from phonebridge.stream_guard import StreamGuard
@@ -39,7 +38,7 @@ class CallSession:
     """Runs one Media Streams WebSocket from `start` to the end of the call."""
 
     def __init__(self, ws: web.WebSocketResponse, services: CallServices, guard: StreamGuard | None = None) -> None:
-        self._ws, self._svc = ws, services
+        self._ws, self._svc, self._sock = ws, services, TwilioSocket(ws)
         self._loop = asyncio.get_running_loop()
         self.call = Call(guard or StreamGuard(), self._loop.time(), hold_after_s=services.agent.hold_sound_after_s,
                          hold_grace_s=tool_calls.HOLD_AFTER_RESPONSE_MAX_S)
@@ -50,7 +49,6 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self._recorder: Recorder | None = None
         self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
     @property
@@ -64,8 +62,8 @@ class CallSession:
         try:
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
-                    if self._recorder is not None:
-                        self._recorder.record("twilio_in", message.data)
+                    if self._sock.recorder is not None:
+                        self._sock.recorder.record("twilio_in", message.data)
                     elif self._early is not None and len(self._early) < 8:
                         self._early.append(message.data)
                     await self._on_twilio_text(message.data)
@@ -97,10 +95,10 @@ class CallSession:
 
     def _open(self, effect: fx.Open) -> None:
         early, self._early = self._early or [], None
-        self._recorder = open_recorder(self._svc, effect.start, early, self._log)
+        self._sock.recorder = open_recorder(self._svc, effect.start, early, self._log)
         try:
             self._live = Live.open(self._svc, effect, self, sink=self._on_model_event, on_outcome=self._on_tool_outcome,
-                                   on_reconnect=self._on_reconnect, recorder=self._recorder, log=self._log)
+                                   on_reconnect=self._on_reconnect, recorder=self._sock.recorder, log=self._log)
         except ModelUnavailable as exc:  # no usable credentials: end the stream so the fallback TwiML runs
             self._log.error("the model is unreachable, ending the stream so the fallback TwiML runs: %s", exc)
             self.stats.outcome = "model_unavailable"
@@ -120,7 +118,7 @@ class CallSession:
             self.stats.outcome = "model_unavailable"
         finally:
             self._end()
-            await self._close_socket()
+            await self._sock.close()
 
     async def _on_model_event(self, event: ModelEvent) -> None:
         now = time.monotonic()
@@ -145,11 +143,7 @@ class CallSession:
 
     def _on_tool_outcome(self, outcome: ToolOutcome) -> None:
         self._reactions.tool_finished(outcome.id, outcome.started, outcome.finished)
-        if self._recorder is not None:
-            self._recorder.record("tool", {
-                "id": outcome.id, "name": outcome.name, "args": dict(outcome.args), "status": outcome.status,
-                "response": outcome.response, "latency_s": outcome.latency_s,
-            })
+        record_outcome(self._sock.recorder, outcome)
         self.call.tool_finished(outcome, time.monotonic())
         self._run_effects()
 
@@ -192,15 +186,10 @@ class CallSession:
     async def _drain(self) -> None:
         # Sent in order from the calling task: a clear goes out in the same loop turn as `interrupted`.
         for frame in self.call.twilio_to_send():
-            await self._send(frame)
-        live = self._live
-        for message in self.call.model_to_send():
-            if live is None:
-                break  # no model: nothing to tell it
-            if isinstance(message, fx.Remember):
-                live.link.remember(message.role, message.text)
-            elif not await live.link.send_text(message.text):
-                self._log.warning("%s could not reach the model", message.about)
+            await self._sock.send(frame)
+        messages = self.call.model_to_send()
+        if messages and self._live is not None:  # no model: nothing to tell it
+            await self._live.tell(messages, self._log)
         for effect in self.call.effects():
             closing = self._run(effect)
             if closing is not None:  # closed from the calling task, before it reads the next frame
@@ -248,23 +237,14 @@ class CallSession:
                 self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
                 return None
             self._end()
-            if isinstance(effect, fx.Expire):  # no_start: from the timer
-                self._spawn(self._close_socket(1008, b"no start"))
-                return None
-            return self._close_socket(1008, b"stream not issued for this call")
+            if isinstance(effect, fx.Refuse):  # closed before the next frame is read
+                return self._sock.close(1008, b"stream not issued for this call")
+            self._spawn(self._sock.close(1008, b"no start"))  # no_start: from the timer
         return None
 
     def _end(self) -> None:
         self._ended.set()
         self.call.stop_watching()
-
-    async def _send(self, text: str) -> None:
-        if self._ws.closed:
-            return
-        if self._recorder is not None:
-            self._recorder.record("twilio_out", text)
-        with contextlib.suppress(ConnectionResetError, RuntimeError):
-            await self._ws.send_str(text)
 
     async def _end_with(self, rest_action: Callable[[str], Awaitable[Any]] | None, why: str) -> None:
         self._log.info("ending the call: %s", why)
@@ -274,17 +254,7 @@ class CallSession:
             except Exception:  # noqa: BLE001 - still end our side of the call
                 self._log.exception("Twilio REST %s failed; closing the stream instead", why)
         self._end()
-        await self._close_socket()
-
-    async def _close_socket(self, code: int = 1000, message: bytes = b"") -> None:
-        if self._ws.closed:
-            return
-        await self._ws.close(code=code, message=message)
-        # aiohttp keeps a failed close's error (the caller already gone), and its traceback's frames hold the
-        # socket: a reference cycle per call. The traceback is of no use once the call is over.
-        error = self._ws.exception()
-        if error is not None:
-            error.__traceback__ = None
+        await self._sock.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -298,7 +268,7 @@ class CallSession:
         if self.stats.outcome == "unknown":
             self.stats.outcome = "server_closed"
         self._end()
-        await self._close_socket()
+        await self._sock.close()
 
     async def _shutdown(self) -> None:
         self._end()
@@ -314,11 +284,11 @@ class CallSession:
                 task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._close_socket()
+        await self._sock.close()
         self.call.log_summary(time.monotonic())
         self._emit("call_end", stats=self.stats)
-        if self._recorder is not None:
-            await self._recorder.aclose()
+        if self._sock.recorder is not None:
+            await self._sock.recorder.aclose()
         # Each part holds callbacks into this session: dropped, the call's object graph is no reference cycle
         # that only the cyclic GC's rare full collections free (at 100 calls RSS climbed ~0.4 MiB a call).
         if self._live is not None:
@@ -326,8 +296,4 @@ class CallSession:
         self._live = self._timer = None
 
     def _emit(self, kind: str, **data: Any) -> None:
-        for observer in self._svc.observers:
-            try:
-                observer(kind, data)
-            except Exception:  # noqa: BLE001 - an observer's bug must not end the call
-                self._log.exception("call observer failed on %s", kind)
+        notify(self._svc.observers, kind, data, self._log)

@@ -1,6 +1,7 @@
-"""What one call opens once the call core accepted its `start`: the recorder, the model link and the tool
-dispatcher, all of it or none. The pump (phonebridge.bridge) opens them with `open_recorder` and `Live.open`,
-runs the link with `Live.run`, hands it the core's tool effects (`Live.run_tools`) and closes it at the end.
+"""The I/O parts one call's pump (phonebridge.bridge) drives: the Twilio socket's sending side, and what the call
+opens once the core accepted its `start` (the recorder, then the model link and the tool dispatcher, all of
+them or none). The pump opens them with `open_recorder` and `Live.open`, runs the link with `Live.run`, hands
+it the core's messages (`Live.tell`) and tool effects (`Live.run_tools`), and closes it at the end.
 """
 
 from __future__ import annotations
@@ -8,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
 
 from phonebridge import call_effects as fx
 from phonebridge import twilio
@@ -100,6 +104,57 @@ class Live:
         else:
             reactions.clear_sent(effect.received_at)
 
+    async def tell(self, messages: Sequence[fx.ModelMessage], log: Log) -> None:
+        """The core's messages for the model, in order."""
+        for message in messages:
+            if isinstance(message, fx.Remember):
+                self.link.remember(message.role, message.text)
+            elif not await self.link.send_text(message.text):
+                log.warning("%s could not reach the model", message.about)
+
     async def close(self) -> None:
         await self.link.close()
         await self.dispatcher.aclose()
+
+
+class TwilioSocket:
+    """The sending side of the Media Streams socket: recorded, and quiet once the caller is gone."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.recorder: Recorder | None = None
+
+    async def send(self, text: str) -> None:
+        if self.ws.closed:
+            return
+        if self.recorder is not None:
+            self.recorder.record("twilio_out", text)
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await self.ws.send_str(text)
+
+    async def close(self, code: int = 1000, message: bytes = b"") -> None:
+        if self.ws.closed:
+            return
+        await self.ws.close(code=code, message=message)
+        # aiohttp keeps a failed close's error (the caller already gone), and its traceback's frames hold the
+        # socket: a reference cycle per call. The traceback is of no use once the call is over.
+        error = self.ws.exception()
+        if error is not None:
+            error.__traceback__ = None
+
+
+def record_outcome(recorder: Recorder | None, outcome: ToolOutcome) -> None:
+    if recorder is not None:
+        recorder.record("tool", {
+            "id": outcome.id, "name": outcome.name, "args": dict(outcome.args), "status": outcome.status,
+            "response": outcome.response, "latency_s": outcome.latency_s,
+        })
+
+
+def notify(observers: Sequence[Callable[[str, dict[str, Any]], None]], kind: str, data: dict[str, Any], log: Log) -> None:
+    """Tell the app's call observers; an observer's bug must not end the call."""
+    for observer in observers:
+        try:
+            observer(kind, data)
+        except Exception:  # noqa: BLE001
+            log.exception("call observer failed on %s", kind)
