@@ -49,7 +49,6 @@ class CallSession:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ended = asyncio.Event()
         self._timer: asyncio.TimerHandle | None = None
-        self._early: list[str] | None = []  # Twilio frames before `start`, for the recorder
 
     @property
     def _log(self) -> logging.LoggerAdapter[logging.Logger]:
@@ -62,10 +61,7 @@ class CallSession:
         try:
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
-                    if self._sock.recorder is not None:
-                        self._sock.recorder.record("twilio_in", message.data)
-                    elif self._early is not None and len(self._early) < 8:
-                        self._early.append(message.data)
+                    self._sock.received(message.data)
                     await self._on_twilio_text(message.data)
                 elif message.type == WSMsgType.BINARY:
                     self.call.receive_binary(self._loop.time())
@@ -94,14 +90,12 @@ class CallSession:
                 metrics.observe_inbound(time.perf_counter() - started)
 
     def _open(self, effect: fx.Open) -> None:
-        early, self._early = self._early or [], None
-        self._sock.recorder = open_recorder(self._svc, effect.start, early, self._log)
+        self._sock.record(open_recorder(self._svc, effect.start, self._log))
         try:
             self._live = Live.open(self._svc, effect, self, sink=self._on_model_event, on_outcome=self._on_tool_outcome,
                                    on_reconnect=self._on_reconnect, recorder=self._sock.recorder, log=self._log)
-        except ModelUnavailable as exc:  # no usable credentials: end the stream so the fallback TwiML runs
-            self._log.error("the model is unreachable, ending the stream so the fallback TwiML runs: %s", exc)
-            self.stats.outcome = "model_unavailable"
+        except ModelUnavailable as exc:  # no usable credentials
+            self._unreachable(exc)
             self._end()
             return
         self._emit("call_start", call_sid=effect.start.call_sid, stream_sid=effect.start.stream_sid,
@@ -114,11 +108,14 @@ class CallSession:
         try:
             await live.run(self._svc.agent.greeting)
         except ModelUnavailable as exc:
-            self._log.error("the model is unreachable, ending the stream so the fallback TwiML runs: %s", exc)
-            self.stats.outcome = "model_unavailable"
+            self._unreachable(exc)
         finally:
             self._end()
             await self._sock.close()
+
+    def _unreachable(self, exc: ModelUnavailable) -> None:
+        self._log.error("the model is unreachable, ending the stream so the fallback TwiML runs: %s", exc)
+        self.stats.outcome = "model_unavailable"
 
     async def _on_model_event(self, event: ModelEvent) -> None:
         now = time.monotonic()

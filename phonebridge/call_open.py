@@ -25,18 +25,15 @@ from phonebridge.tools import ToolDispatcher, ToolOutcome
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 
-def open_recorder(services: CallServices, start: twilio.Start, early: list[str], log: Log) -> Recorder | None:
-    """The call's recorder, given the Twilio frames that came before `start`; None when not recording."""
+def open_recorder(services: CallServices, start: twilio.Start, log: Log) -> Recorder | None:
+    """The call's recorder; None when not recording."""
     if services.recorder_factory is None:
         return None
     try:
-        recorder = services.recorder_factory(start)
+        return services.recorder_factory(start)
     except Exception:  # noqa: BLE001 - a recording problem must not cost the call
         log.exception("cannot record this call; it goes on unrecorded")
         return None
-    for text in early:
-        recorder.record("twilio_in", text)
-    return recorder
 
 
 class Live:
@@ -118,11 +115,26 @@ class Live:
 
 
 class TwilioSocket:
-    """The sending side of the Media Streams socket: recorded, and quiet once the caller is gone."""
+    """The Media Streams socket's recording, and its sending side (quiet once the caller is gone)."""
 
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.recorder: Recorder | None = None
+        self._early: list[str] | None = []  # the first frames, before `start` opened the recorder
+
+    def received(self, text: str) -> None:
+        if self.recorder is not None:
+            self.recorder.record("twilio_in", text)
+        elif self._early is not None and len(self._early) < 8:
+            self._early.append(text)
+
+    def record(self, recorder: Recorder | None) -> None:
+        """From `start` on (None: not recording): the frames before it are recorded first."""
+        early, self._early = self._early or [], None
+        self.recorder = recorder
+        if recorder is not None:
+            for text in early:
+                recorder.record("twilio_in", text)
 
     async def send(self, text: str) -> None:
         if self.ws.closed:
