@@ -4,17 +4,19 @@ no tasks and no clock (`now` is a parameter, on the pump's monotonic clock).
 It owns the stream rules (nothing counts before `start`, frames of another streamSid are ignored,
 sequence gaps are counted), the stream guard's start and media deadlines, transcoding the agent's audio into
 Twilio frames, what the caller was sent and heard (CallState: marks, barge-in, the cut turn's late audio),
-turn counting, the transcript (the caller's line also closes at turn boundaries), the call's statistics and
-the hang-up or transfer that waits for the goodbye, and when the hold sound may play.
+turn counting, the transcript (the caller's line also closes at turn boundaries), the call's statistics,
+the hang-up or transfer that waits for the goodbye, and, through phonebridge.tool_turns, its function calls
+(one answer per id, epochs, kept results) and when the hold sound plays (its frames come out here too).
 
 The pump (phonebridge.bridge) feeds it and then drains it, in this order::
 
     media = call.receive_twilio(text, now)     # or receive_binary, receive_model, agent_audio, tool_finished,
-                                               # handle_timer, request_hang_up, request_transfer, finish
+                                               # tool_response_sent, epoch_changed, handle_timer,
+                                               # request_hang_up, request_transfer, finish
     for frame in call.twilio_to_send(): ...    # str frames for the Twilio socket, in order
     for message in call.model_to_send(): ...   # Say / Remember for the model link
     for effect in call.effects(): ...          # Open, Refuse, Expire, Stopped, HangUp, Transfer, StartTools, ...
-    timer.reset(call.next_deadline())       # messages and effects: phonebridge.call_effects
+    timer.reset(call.next_deadline())          # at least when call.tools.moved; see phonebridge.call_effects
 
 `receive_twilio` hands inbound media straight back (the hot path: the pump transcodes it with `inbound` and
 sends it to the model; media produces no other output, so the pump need not drain after it). Drains return
@@ -29,46 +31,17 @@ from typing import Any
 
 from phonebridge import twilio
 from phonebridge.audio import InboundTranscoder, OutboundTranscoder
-from phonebridge.call import (
-    Action,
-    CallState,
-    HangUp,
-    SendClear,
-    SendMark,
-    SendMedia,
-    Transfer,
-)
+from phonebridge.call import Action, CallState, HangUp, SendClear, SendMark, SendMedia, Transfer
 from phonebridge.call_effects import (
-    CallStats,
-    CancelTools,
-    Cleared,
-    Effect,
-    Expire,
-    ModelMessage,
-    Observe,
-    Open,
-    Refuse,
-    Remember,
-    Say,
-    StartTools,
-    Stopped,
+    CallStats, CancelTools, Cleared, Effect, Expire, ModelMessage, Observe, Open, Refuse, Remember, Say, Stopped,
 )
 from phonebridge.errors import LocalProtocolError, TwilioProtocolError
 from phonebridge.model_events import (
-    AudioOut,
-    GenerationComplete,
-    GoAway,
-    InputText,
-    Interrupted,
-    ModelEvent,
-    OutputText,
-    ResumptionUpdate,
-    ToolCalls,
-    ToolCancel,
-    TurnComplete,
-    Usage,
+    AudioOut, GenerationComplete, GoAway, InputText, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls,
+    ToolCancel, TurnComplete, Usage,
 )
 from phonebridge.stream_guard import IdleWatch, StreamGuard, agent_parameters
+from phonebridge.tool_turns import HOLD_AFTER_RESPONSE_MAX_S, ToolTurns
 
 log = logging.getLogger("phonebridge.call")
 
@@ -78,7 +51,10 @@ _NOTHING: tuple[Any, ...] = ()
 class Call:
     """One call's policy. Feed it what arrived, with the time; drain what it wants sent and done."""
 
-    def __init__(self, guard: StreamGuard, now: float, *, state: CallState | None = None) -> None:
+    def __init__(
+        self, guard: StreamGuard, now: float, *, state: CallState | None = None, hold_after_s: float = 1.0,
+        hold_grace_s: float = HOLD_AFTER_RESPONSE_MAX_S,
+    ) -> None:
         self.stats = CallStats(started=now)
         self.state = state or CallState()
         self.log: logging.LoggerAdapter[logging.Logger] = logging.LoggerAdapter(log, {"call_sid": "-"})
@@ -92,6 +68,7 @@ class Call:
         self._frames: list[str] = []
         self._model: list[ModelMessage] = []
         self._effects: list[Effect] = []
+        self.tools = ToolTurns(self._effects_append, self.log, hold_after_s=hold_after_s, grace_s=hold_grace_s)
         self._partial = {"caller": "", "agent": ""}
         self._answering = False  # the model's turn has begun (its first audio or transcript)
         self._end_unlogged = False  # the app's gate held back this socket's guard line (a flood): end at DEBUG too
@@ -116,13 +93,14 @@ class Call:
         effects, self._effects = self._effects, []
         return effects
 
+    def _effects_append(self, effect: Effect) -> None:
+        self._effects.append(effect)
+
     def next_deadline(self) -> float | None:
         """When to call handle_timer next (None: no deadline)."""
-        pending = self.state.pending_deadline
-        watch = self._watch.deadline() if self._watch is not None else None
-        if pending is None or watch is None:
-            return watch if pending is None else pending
-        return min(pending, watch)
+        times = (self.state.pending_deadline, self._watch.deadline() if self._watch is not None else None,
+                 self.tools.deadline())
+        return min((t for t in times if t is not None), default=None)
 
     # -- Twilio's side -----------------------------------------------------------------------------------
 
@@ -179,7 +157,7 @@ class Call:
             return
         self.start, self.stream_sid = event, event.stream_sid
         self.stats.call_sid = event.call_sid
-        self.log = logging.LoggerAdapter(log, {"call_sid": event.call_sid})
+        self.log = self.tools.log = logging.LoggerAdapter(log, {"call_sid": event.call_sid})
         self._seq.observe(event.sequence_number)
         self._effects.append(Open(event, agent_parameters(event)))  # the stream token is ours, not the agent's
 
@@ -215,7 +193,7 @@ class Call:
     # -- time ----------------------------------------------------------------------------------------------
 
     def handle_timer(self, now: float) -> None:
-        """A deadline may have passed: the stream guard's (once) and the pending hang-up's or transfer's."""
+        """A deadline may have passed: the stream guard's (once), the pending hang-up's or transfer's, the hold's."""
         why = self._watch.expired(now) if self._watch is not None else None
         if why == "no_start":
             self._guarded(now, "no start within %g s of the upgrade: closing the socket", self._guard.start_timeout_s)
@@ -226,13 +204,15 @@ class Call:
             self.stats.outcome = why
             self._effects.append(Expire(why))
         self._act(self.state.tick(now))
+        for ulaw in self.tools.handle_timer(now, self.state.all_played):
+            self._frames.append(self.hold_frame(ulaw))
 
     def _guarded(self, now: float, message: str, *args: Any) -> None:
         self._end_unlogged = not self._guard.log_gate.should_log(now)
         if not self._end_unlogged:
             self.log.warning(message + " (#%d closed by the stream guard)", *args, self._guard.log_gate.count)
 
-    # -- the hold sound (played by phonebridge.tool_calls.HoldPlayer while a handler is slow) ----------------
+    # -- the hold sound (phonebridge.tool_turns says when; its frames go out with ours, unmarked) -------------
 
     def may_hold(self) -> bool:  # only once everything of the agent's has played (or was cleared)
         return self.state.all_played
@@ -254,6 +234,8 @@ class Call:
             self._close_caller_line(now)
         if self.state.drop_cut(len(pcm24k) // 6):  # 24 kHz 16-bit -> 8 kHz mu-law bytes, untranscoded
             return False
+        if not self.tools.spoke:
+            self.tools.model_spoke()
         if self.stats.first_audio_s is None:
             self.stats.first_audio_s = now - self.stats.started
         self._act(self.state.agent_audio(self._framer.push(self._outbound.process(pcm24k)), now))
@@ -265,7 +247,7 @@ class Call:
             case AudioOut():
                 self.agent_audio(event.pcm24k, now)
             case Interrupted():
-                self._on_interrupted(now)
+                self._on_interrupted(now, event.received_at)
             case TurnComplete():
                 self._on_turn_complete(now)
             case InputText():
@@ -277,8 +259,9 @@ class Call:
                 self._partial["agent"] += event.text
             case ToolCalls():
                 self._close_caller_line(now)
-                self._on_tool_calls(event)
+                self._on_tool_calls(event, now)
             case ToolCancel():
+                self.tools.epoch_changed(event.epoch)
                 self._effects.append(CancelTools(event.ids))
                 self.log.info("model cancelled tool calls %s", ", ".join(event.ids))
             case Usage():
@@ -289,14 +272,14 @@ class Call:
             case _:
                 raise LocalProtocolError(f"the call core has no rule for {type(event).__name__}")
 
-    def _on_interrupted(self, now: float) -> None:
+    def _on_interrupted(self, now: float, received_at: float) -> None:
         self._answering = False
         self._close_caller_line(now)
         barge_ins = len(self.state.barge_ins)
         actions = self.state.agent_interrupted(now)
         self._act(actions)
         if any(isinstance(a, SendClear) for a in actions):
-            self._effects.append(Cleared())
+            self._effects.append(Cleared(received_at))
         self._outbound.reset()
         self._framer.reset()
         if len(self.state.barge_ins) > barge_ins:
@@ -316,19 +299,28 @@ class Call:
         self._flush_transcript("agent", now)
         self._act(self.state.agent_turn_complete(now))
 
-    def _on_tool_calls(self, event: ToolCalls) -> None:
+    def _on_tool_calls(self, event: ToolCalls, now: float) -> None:
         self.stats.tool_calls += len(event.calls)
         self.log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in event.calls))
         for call in event.calls:
             self._effects.append(Observe("tool_call", {"id": call.id, "name": call.name, "args": dict(call.args or {})}))
-        self._effects.append(StartTools(event.calls))
+        self.tools.calls(event.calls, event.epoch, now, event.received_at)
 
-    def tool_finished(self, outcome: Any) -> None:
-        """A handler's outcome (phonebridge.tools.ToolOutcome): reported to the observers."""
+    def tool_finished(self, outcome: Any, now: float = 0.0) -> None:
+        """A started handler's outcome (phonebridge.tools.ToolOutcome): observed, and its call answered."""
         self._effects.append(Observe("tool_result", {
             "id": outcome.id, "name": outcome.name, "status": outcome.status, "response": outcome.response,
             "latency_s": outcome.latency_s,
         }))
+        self.tools.finished(outcome.id, None if outcome.status == "cancelled" else outcome.response, now)
+
+    def tool_response_sent(self, number: int, ok: bool, now: float) -> None:
+        """The pump's report on SendToolResponse `number`: sent, or refused by the link (another connection)."""
+        self.tools.sent(number, ok, now)
+
+    def epoch_changed(self, epoch: int) -> None:
+        """The model link moved to connection `epoch` (a reconnection): answers for older ones are kept."""
+        self.tools.epoch_changed(epoch)
 
     # -- the transcript ------------------------------------------------------------------------------------
 
@@ -358,8 +350,10 @@ class Call:
         self._model.append(Remember("user" if who == "caller" else "model", text))
 
     def finish(self, now: float) -> None:
-        """The call is over: words cut off by its end still become transcript lines."""
+        """The call is over: words cut off by its end still become transcript lines; no more hold sound."""
         self._watch = None
+        self.tools.close()
+        self.stats.hold_plays = self.tools.plays
         for who in ("caller", "agent"):
             self._flush_transcript(who, now)
 

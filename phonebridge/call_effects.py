@@ -3,7 +3,8 @@ frozen dataclasses; the pump (phonebridge.bridge) executes each one.
 
 Messages for the model link: Say (send text), Remember (keep a transcript line for a reconnection).
 Effects: Open, Refuse, Expire, Stopped (the stream), Cleared (a barge-in's clear went out), StartTools,
-CancelTools, Observe (for the app's observers), and phonebridge.call's HangUp and Transfer.
+CancelTools, SendToolResponse (phonebridge.tool_turns decides when), Observe (for the app's observers), and
+phonebridge.call's HangUp and Transfer. Tool calls and results are phonebridge.tool_types', never the SDK's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from phonebridge import twilio
 from phonebridge.call import HangUp, Transfer
+from phonebridge.tool_types import ToolCall, ToolResult
 
 
 @dataclass
@@ -86,12 +88,23 @@ class Stopped:
 
 @dataclass(frozen=True, slots=True)
 class Cleared:
-    """A `clear` for a barge-in went out (for the reaction-time metric)."""
+    """A `clear` for a barge-in went out (for the reaction-time metric, from `received_at` of the cause)."""
+    received_at: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class StartTools:
-    calls: tuple[Any, ...]
+    """Run these calls' handlers now, and report each outcome back (Call.tool_finished)."""
+    calls: tuple[ToolCall, ...]
+    received_at: float = field(default=0.0, compare=False)  # when their toolCall came off the socket
+
+
+@dataclass(frozen=True, slots=True)
+class SendToolResponse:
+    """Send these answers on connection `epoch` only, then tell the core whether it went (Call.tool_response_sent)."""
+    number: int
+    epoch: int
+    results: tuple[ToolResult, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,4 +119,6 @@ class Observe:
     data: dict[str, Any]
 
 
-Effect = Open | Refuse | Expire | Stopped | Cleared | StartTools | CancelTools | Observe | HangUp | Transfer
+Effect = (
+    Open | Refuse | Expire | Stopped | Cleared | StartTools | CancelTools | SendToolResponse | Observe | HangUp | Transfer
+)

@@ -36,6 +36,7 @@ from phonebridge.model_events import (
     translate,
 )
 from phonebridge.model_wire import reader_for
+from phonebridge.tool_types import ToolResult
 
 __all__ = ["REPLAY_FRAMES", "LiveLink", "audio_message"]  # REPLAY_FRAMES: the bound, in 20 ms frames
 
@@ -155,16 +156,19 @@ class LiveLink:
             self._tap("model_out", {"realtime_input": {"text": text}})
         await session.send_realtime_input(text=text)
 
-    async def send_tool_response(self, responses: Sequence[types.FunctionResponse]) -> bool:
+    async def send_tool_response(self, results: Sequence[ToolResult], epoch: int | None = None) -> bool:
+        """Answer function calls; False when not sent: no connection, or not the one of `epoch` that asked
+        (the model resumes from before those calls and issues them again)."""
         session = self._session
-        if session is None or not responses:
+        if session is None or not results or (epoch is not None and epoch != self.epoch):
             return False
+        responses = [types.FunctionResponse(id=r.id, name=r.name, response=r.response) for r in results]
         if self._tap is not None:
             self._tap("model_out", {"tool_response": {"function_responses": [
                 r.model_dump(mode="json", exclude_none=True) for r in responses
             ]}})
         try:
-            await session.send_tool_response(function_responses=list(responses))
+            await session.send_tool_response(function_responses=responses)
         except Exception as exc:  # noqa: BLE001
             self._log.warning("tool response lost with its connection: %r", exc)
             return False
@@ -275,7 +279,7 @@ class LiveLink:
             self._mid_turn = False
             self._log.info("the model's turn was cut by the connection switch")
             self.received_at = time.monotonic()  # the cut is decided now: the clear's reaction counts from here
-            await self._sink(Interrupted())
+            await self._sink(Interrupted(self.received_at, self.epoch))
             await self._sink(TurnComplete())
 
     async def _connect(self, stack: contextlib.AsyncExitStack, cause: str) -> Any:
@@ -359,7 +363,7 @@ class LiveLink:
 
     async def _messages(self, session: Any) -> AsyncGenerator[tuple[list[ModelEvent], Any], None]:
         """Each server message's events (and the SDK's message, for the recorder) until we close."""
-        reader = reader_for(session) if self._fast_audio else None
+        reader = reader_for(session, self.epoch) if self._fast_audio else None
         want_message = self._tap is not None
         while not self._closing:
             if reader is not None:
@@ -369,7 +373,7 @@ class LiveLink:
             else:
                 async for message in session.receive():
                     self.received_at = time.monotonic()  # after the SDK's parse: a little late
-                    yield translate(message), message
+                    yield translate(message, self.received_at, self.epoch), message
 
     def _observe(self, event: ModelEvent) -> None:
         if not self._heard and not isinstance(event, _HOUSEKEEPING):

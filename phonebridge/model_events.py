@@ -4,14 +4,22 @@ On gemini-3.1 one LiveServerMessage can carry audio, transcripts and turn signal
 every message becomes an event, in the order the call must act on them: `interrupted` first (audio riding
 with it belongs to the cut turn), then audio and transcripts, then the end-of-generation and end-of-turn
 signals, then session housekeeping.
+
+The events the call reacts to with a measured reaction or an epoch rule (Interrupted, ToolCalls, ToolCancel)
+carry `received_at` (time.monotonic() when their message came off the socket) and `epoch` (the link's
+connection epoch that delivered them), given to `translate` by the link. Neither takes part in equality.
+AudioOut and OutputText, the hot path's, carry neither: their time is the callback's.
+Function calls arrive as our own phonebridge.tool_types.ToolCall, never the SDK's FunctionCall.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from google.genai import types
+
+from phonebridge.tool_types import ToolCall
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +40,8 @@ class InputText:
 
 @dataclass(frozen=True, slots=True)
 class Interrupted:
-    pass
+    received_at: float = field(default=0.0, compare=False)
+    epoch: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,12 +56,16 @@ class TurnComplete:
 
 @dataclass(frozen=True, slots=True)
 class ToolCalls:
-    calls: tuple[types.FunctionCall, ...]
+    calls: tuple[ToolCall, ...]
+    received_at: float = field(default=0.0, compare=False)
+    epoch: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class ToolCancel:
     ids: tuple[str, ...]
+    received_at: float = field(default=0.0, compare=False)
+    epoch: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,16 +105,17 @@ def parse_duration(value: str | None, default: float = 10.0) -> float:
     return number / 1000 if unit == "ms" else number * 60 if unit == "m" else number
 
 
-def translate(message: types.LiveServerMessage) -> list[ModelEvent]:
-    """Every field of one server message as events, in the order to act on them."""
+def translate(message: types.LiveServerMessage, received_at: float = 0.0, epoch: int = 0) -> list[ModelEvent]:
+    """Every field of one server message as events, in the order to act on them, stamped (see above)."""
     events: list[ModelEvent] = []
     content = message.server_content
     if content is not None:
-        _content_events(content, events)
+        _content_events(content, events, received_at, epoch)
     if message.tool_call is not None and message.tool_call.function_calls:
-        events.append(ToolCalls(tuple(message.tool_call.function_calls)))
+        calls = tuple(tool_call(c) for c in message.tool_call.function_calls)
+        events.append(ToolCalls(calls, received_at, epoch))
     if message.tool_call_cancellation is not None and message.tool_call_cancellation.ids:
-        events.append(ToolCancel(tuple(message.tool_call_cancellation.ids)))
+        events.append(ToolCancel(tuple(message.tool_call_cancellation.ids), received_at, epoch))
     if message.session_resumption_update is not None:
         update = message.session_resumption_update
         events.append(ResumptionUpdate(update.new_handle or None, bool(update.resumable and update.new_handle)))
@@ -115,9 +129,14 @@ def translate(message: types.LiveServerMessage) -> list[ModelEvent]:
     return events
 
 
-def _content_events(content: types.LiveServerContent, events: list[ModelEvent]) -> None:
+def tool_call(call: types.FunctionCall) -> ToolCall:
+    """The SDK's function call as ours (a missing name is "", as the dispatcher always read it)."""
+    return ToolCall(call.id, call.name or "", dict(call.args or {}))
+
+
+def _content_events(content: types.LiveServerContent, events: list[ModelEvent], received_at: float, epoch: int) -> None:
     if content.interrupted:
-        events.append(Interrupted())
+        events.append(Interrupted(received_at, epoch))
     if content.model_turn is not None and content.model_turn.parts:
         for part in content.model_turn.parts:
             blob = part.inline_data

@@ -96,20 +96,23 @@ def sdk_message(data: dict[str, Any]) -> types.LiveServerMessage:
     return types.LiveServerMessage._from_response(response=converted, kwargs={})
 
 
-def wire_events(data: dict[str, Any], convert: Converter = sdk_message) -> tuple[list[ModelEvent], Any]:
-    """The events of one decoded server message, and the SDK's message when it was built (else None)."""
+def wire_events(
+    data: dict[str, Any], convert: Converter = sdk_message, received_at: float = 0.0, epoch: int = 0
+) -> tuple[list[ModelEvent], Any]:
+    """The events of one decoded server message, and the SDK's message when it was built (else None).
+    `received_at` and `epoch` stamp the events that carry them (model_events); the audio path's carry none."""
     events = audio_events(data)
     if events is not None:
         return events, None
     message = convert(data)
-    return translate(message), message
+    return translate(message, received_at, epoch), message
 
 
 class SessionReader:
     """Reads one Live session's socket directly; see the module's docstring."""
 
-    def __init__(self, socket: Any) -> None:
-        self._socket = socket
+    def __init__(self, socket: Any, epoch: int = 0) -> None:
+        self._socket, self._epoch = socket, epoch  # the link's connection epoch: one reader per connection
         self.received_at = 0.0  # time.monotonic() when the last message came off the socket
 
     async def next(self, want_message: bool = False) -> tuple[list[ModelEvent], Any]:
@@ -123,7 +126,7 @@ class SessionReader:
             genai_errors.APIError.raise_error(code, reason or "", None)
         data = decode_message(raw)
         try:
-            events, message = wire_events(data)
+            events, message = wire_events(data, sdk_message, self.received_at, self._epoch)
             if message is None and want_message:
                 message = sdk_message(data)
         except genai_errors.APIError:
@@ -153,7 +156,7 @@ def _show(raw: bytes | str) -> str:
     return repr(raw[:120]) + (f" ... ({len(raw)} bytes)" if len(raw) > 120 else "")
 
 
-def reader_for(session: Any) -> SessionReader | None:
+def reader_for(session: Any, epoch: int = 0) -> SessionReader | None:
     """A direct reader for this SDK session, or None where the SDK's own receive must be used."""
     socket = getattr(session, "_ws", None)
     client = getattr(session, "_api_client", None)
@@ -161,4 +164,4 @@ def reader_for(session: Any) -> SessionReader | None:
         return None
     if not hasattr(_live_converters, "_LiveServerMessage_from_mldev") or not hasattr(socket, "recv"):
         return None
-    return SessionReader(socket)
+    return SessionReader(socket, epoch)

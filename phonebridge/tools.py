@@ -20,15 +20,16 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from google.genai import types
-
 from phonebridge.context import CallContext, normalize_transfer_target
 from phonebridge.errors import ConfigError, ToolArgumentError, ToolError, ToolResponseError
 from phonebridge.handler_pool import HandlerPool, capture, unwrap
 from phonebridge.schema import HandlerSignature, inspect_handler
 from phonebridge.tool_response import to_response
+from phonebridge.tool_types import ToolCall, ToolResult
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for the annotations: the SDK's types stay with the model link and the schema
+    from google.genai.types import FunctionDeclaration
+
     from phonebridge.agent import Agent
 
 __all__ = [
@@ -58,7 +59,7 @@ class ToolSpec:
     is_async: bool
     timeout_s: float | None
     context_param: str | None
-    declaration: types.FunctionDeclaration = field(repr=False)
+    declaration: FunctionDeclaration = field(repr=False)
     signature: HandlerSignature = field(repr=False, compare=False)
 
     def bind(self, args: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -125,7 +126,7 @@ class ToolRegistry:
     def __iter__(self) -> Iterator[ToolSpec]:
         return iter(list(self._specs.values()))
 
-    def declarations(self) -> list[types.FunctionDeclaration]:
+    def declarations(self) -> list[FunctionDeclaration]:
         return [spec.declaration for spec in self._specs.values()]
 
 
@@ -187,7 +188,7 @@ class ToolOutcome:
         return self.finished - self.started
 
 
-async def _settled(task: asyncio.Task[types.FunctionResponse]) -> Any:
+async def _settled(task: asyncio.Task[ToolResult]) -> Any:
     """`await task` as gather(return_exceptions=True) would report it: its result or its exception (a
     CancelledError when the task itself was cancelled). Our own cancellation still propagates."""
     try:
@@ -233,7 +234,7 @@ class ToolDispatcher:
         self._executor = None if isinstance(executor, HandlerPool) else executor
         self._share = executor.share(self._log) if isinstance(executor, HandlerPool) else None
         self._on_outcome = on_outcome
-        self._running: dict[asyncio.Task[types.FunctionResponse], str | None] = {}
+        self._running: dict[asyncio.Task[ToolResult], str | None] = {}
         self._closed = False
         self.outcomes: list[ToolOutcome] = []
 
@@ -242,14 +243,14 @@ class ToolDispatcher:
         """Ids of the calls still running."""
         return frozenset(i for i in self._running.values() if i is not None)
 
-    async def dispatch(self, calls: Sequence[types.FunctionCall]) -> list[types.FunctionResponse]:
+    async def dispatch(self, calls: Sequence[ToolCall]) -> list[ToolResult]:
         """Run calls concurrently; their responses in call order, minus those cancelled meanwhile.
 
         An empty list means there is nothing to send (every call was cancelled, or the dispatcher closed).
         """
         return await self.collect(self.start(calls))
 
-    def start(self, calls: Sequence[types.FunctionCall]) -> list[asyncio.Task[types.FunctionResponse]]:
+    def start(self, calls: Sequence[ToolCall]) -> list[asyncio.Task[ToolResult]]:
         """Start the calls' handlers now, from the caller's own step of the loop: every hop through the
         loop before a handler starts is dead air for the caller (1-2 ms each at 100 calls a core)."""
         if self._closed:
@@ -261,7 +262,7 @@ class ToolDispatcher:
             task.add_done_callback(self._forget)
         return tasks
 
-    async def collect(self, tasks: Sequence[asyncio.Task[types.FunctionResponse]]) -> list[types.FunctionResponse]:
+    async def collect(self, tasks: Sequence[asyncio.Task[ToolResult]]) -> list[ToolResult]:
         """The started calls' responses in call order, minus those cancelled meanwhile."""
         # A task cancelled through cancel()/aclose() yields CancelledError here, not in collect itself.
         if len(tasks) == 1:  # the usual toolCall: awaited directly, one loop hop sooner than through gather
@@ -270,7 +271,7 @@ class ToolDispatcher:
             results = await asyncio.gather(*tasks, return_exceptions=True)
         responses = []
         for result in results:
-            if isinstance(result, types.FunctionResponse):
+            if isinstance(result, ToolResult):
                 responses.append(result)
             elif not isinstance(result, asyncio.CancelledError):
                 raise result  # a bug in _answer itself: never swallowed
@@ -291,11 +292,11 @@ class ToolDispatcher:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _forget(self, task: asyncio.Task[types.FunctionResponse]) -> None:
+    def _forget(self, task: asyncio.Task[ToolResult]) -> None:
         self._running.pop(task, None)
 
-    async def _answer(self, call: types.FunctionCall) -> types.FunctionResponse:
-        name, args = call.name or "", dict(call.args or {})
+    async def _answer(self, call: ToolCall) -> ToolResult:
+        name, args = call.name or "", dict(call.args or {})  # `or`: tests and users may pass the SDK's FunctionCall
         started = time.monotonic()
         try:
             status, response = await self._run(name, args)
@@ -303,7 +304,7 @@ class ToolDispatcher:
             self._record(call, name, args, None, "cancelled", started)
             raise
         self._record(call, name, args, response, status, started)
-        return types.FunctionResponse(id=call.id, name=name, response=response)
+        return ToolResult(call.id, name, response)
 
     async def _run(self, name: str, args: dict[str, Any]) -> tuple[Status, dict[str, Any]]:
         spec = self._registry.get(name)
@@ -362,7 +363,7 @@ class ToolDispatcher:
         return unwrap(await loop.run_in_executor(self._executor, functools.partial(capture, job)))
 
     def _record(
-        self, call: types.FunctionCall, name: str, args: dict[str, Any], response: dict[str, Any] | None,
+        self, call: ToolCall, name: str, args: dict[str, Any], response: dict[str, Any] | None,
         status: Status, started: float,
     ) -> None:
         outcome = ToolOutcome(call.id, name, args, response, status, started, time.monotonic())

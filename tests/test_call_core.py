@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-from google.genai.types import FunctionCall
 
 from phonebridge.call import (
     CUT,
@@ -38,6 +37,7 @@ from phonebridge.model_events import (
     TurnComplete,
 )
 from phonebridge.stream_guard import StreamGuard
+from phonebridge.tool_types import ToolCall
 
 STREAM, CALL, ACCOUNT = "MZ" + "1" * 32, "CA" + "2" * 32, "AC" + "3" * 32
 PCM_20MS = b"\x00\x00" * 480  # 20 ms of 24 kHz 16-bit silence: one 160-byte Twilio frame once transcoded
@@ -258,7 +258,7 @@ def test_a_transfer_waits_for_the_goodbye_too():
 
 def test_a_tool_call_is_observed_and_handed_to_the_pump():
     call = opened()
-    calls = (FunctionCall(id="c1", name="get_menu", args={"vegetarian": True}),)
+    calls = (ToolCall(id="c1", name="get_menu", args={"vegetarian": True}),)
     call.receive_model(ToolCalls(calls), 1.0)
     assert call.effects() == [Observe("tool_call", {"id": "c1", "name": "get_menu", "args": {"vegetarian": True}}),
                               StartTools(calls)]
@@ -348,7 +348,7 @@ def test_the_hold_sound_waits_for_the_agents_audio_to_play_and_is_never_marked()
     assert call.twilio_to_send() == () and call.may_hold()  # outside the mark accounting
 
 
-@pytest.mark.parametrize("module", ["call_core", "call_effects", "call"])
+@pytest.mark.parametrize("module", ["call_core", "call_effects", "call", "tool_turns", "tool_types"])
 def test_the_pure_call_modules_say_so_and_import_no_io_clock_or_sdk(module):
     import ast
     import importlib

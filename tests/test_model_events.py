@@ -36,6 +36,19 @@ def test_interrupted_comes_before_audio_riding_with_it():
     assert translate(msg) == [Interrupted(), AudioOut(b"\0\0"), TurnComplete()]
 
 
+def test_function_calls_arrive_as_our_own_tool_calls_stamped_with_receive_time_and_epoch():
+    from phonebridge.tool_types import ToolCall
+
+    msg = message({
+        "server_content": {"interrupted": True},
+        "tool_call": {"function_calls": [{"id": "fc-1", "name": "lookup", "args": {"x": 1}}, {"id": "fc-2"}]},
+    })
+    interrupted, calls = translate(msg, 12.5, 3)
+    assert calls.calls == (ToolCall("fc-1", "lookup", {"x": 1}), ToolCall("fc-2", "", {}))
+    assert (calls.received_at, calls.epoch) == (12.5, 3) and (interrupted.received_at, interrupted.epoch) == (12.5, 3)
+    assert calls == ToolCalls(calls.calls) and interrupted == Interrupted()  # the stamps take no part in equality
+
+
 def test_tool_calls_cancellation_resumption_and_go_away():
     msg = message({
         "tool_call": {"function_calls": [{"id": "fc-1", "name": "lookup", "args": {"x": 1}}]},
