@@ -23,6 +23,7 @@ from phonebridge.model_events import ModelEvent
 from phonebridge.tools import ToolDispatcher, ToolOutcome
 
 Log = logging.Logger | logging.LoggerAdapter[logging.Logger]
+_log = logging.getLogger(__name__)
 
 
 def open_recorder(services: CallServices, start: twilio.Start, log: Log) -> Recorder | None:
@@ -88,8 +89,11 @@ class Live:
         finally:
             if not runner.done():
                 runner.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await runner
+                # Waited for, not awaited: the link's own failure while closing is logged, not raised over
+                # the error that brought us here; our own cancellation still propagates.
+                await asyncio.wait({runner})
+                if not runner.cancelled() and runner.exception() is not None:
+                    _log.warning("the model link failed while closing: %r", runner.exception())
 
     def run_tools(self, effect: fx.StartTools | fx.CancelTools | fx.Cleared, reactions: Reactions) -> None:
         """The core's tool effects; handlers start here, in the step that read the toolCall, not a hop later."""
