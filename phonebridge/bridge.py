@@ -203,41 +203,47 @@ class CallSession:
             self._arm_timer()
 
     def _run(self, effect: fx.Effect) -> Awaitable[None] | None:
-        live = self._live
-        if isinstance(effect, fx.Observe):
-            self._emit(effect.kind, **effect.data)
-        elif isinstance(effect, fx.StartTools | fx.CancelTools | fx.Cleared):
-            if live is not None:  # model events come only through a live link
-                live.run_tools(effect, self._reactions)
-        elif isinstance(effect, fx.SendToolResponse):
-            return self._respond(effect)
-        elif isinstance(effect, HangUp):
-            self._spawn(self._end_with(self._svc.hang_up, effect.reason))
-        elif isinstance(effect, Transfer):
-            transfer = self._svc.transfer
-            rest = functools.partial(_transfer_to, transfer, effect.target) if transfer is not None else None
-            self._spawn(self._end_with(rest, "transfer"))
-        else:
-            return self._run_stream(effect)
-        return None
+        """One effect; what it returns is awaited (or spawned) by the caller: a close before the next frame."""
+        return _EXECUTE[type(effect)](self, effect)
 
-    def _run_stream(self, effect: fx.Effect) -> Awaitable[None] | None:
-        if isinstance(effect, fx.Open):
-            self._open(effect)
-            self._arm_timer()  # from the start deadline to the media one
-        elif isinstance(effect, fx.Stopped):
-            self._end()
-        elif isinstance(effect, fx.Refuse | fx.Expire):  # the core logged it; counted here
-            if self._svc.metrics is not None:
-                self._svc.metrics.stream_guarded(effect.reason)
-            if effect.reason == "media_timeout":
-                self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
-                return None
-            self._end()
-            if isinstance(effect, fx.Refuse):  # closed before the next frame is read
-                return self._sock.close(1008, b"stream not issued for this call")
-            self._spawn(self._sock.close(1008, b"no start"))  # no_start: from the timer
-        return None
+    def _observe(self, effect: fx.Observe) -> None:
+        self._emit(effect.kind, **effect.data)
+
+    def _tools(self, effect: fx.StartTools | fx.CancelTools | fx.Cleared) -> None:
+        if self._live is not None:  # model events come only through a live link
+            self._live.run_tools(effect, self._reactions)
+
+    def _hang_up(self, effect: HangUp) -> None:
+        self._spawn(self._end_with(self._svc.hang_up, effect.reason))
+
+    def _transfer(self, effect: Transfer) -> None:
+        transfer = self._svc.transfer
+        rest = functools.partial(_transfer_to, transfer, effect.target) if transfer is not None else None
+        self._spawn(self._end_with(rest, "transfer"))
+
+    def _opened(self, effect: fx.Open) -> None:
+        self._open(effect)
+        self._arm_timer()  # from the start deadline to the media one
+
+    def _stopped(self, effect: fx.Stopped) -> None:
+        self._end()
+
+    def _refused(self, effect: fx.Refuse) -> Awaitable[None]:  # the core logged it; counted here
+        self._guarded(effect.reason)
+        self._end()
+        return self._sock.close(1008, b"stream not issued for this call")  # before the next frame is read
+
+    def _expired(self, effect: fx.Expire) -> None:  # from the timer
+        self._guarded(effect.reason)
+        if effect.reason == "media_timeout":
+            self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
+            return
+        self._end()
+        self._spawn(self._sock.close(1008, b"no start"))
+
+    def _guarded(self, reason: str) -> None:
+        if self._svc.metrics is not None:
+            self._svc.metrics.stream_guarded(reason)
 
     def _end(self) -> None:
         self._ended.set()
@@ -294,3 +300,12 @@ class CallSession:
 
     def _emit(self, kind: str, **data: Any) -> None:
         notify(self._svc.observers, kind, data, self._log)
+
+
+# What each effect of the core's does here: one entry per type, so a new effect without one fails loudly.
+_EXECUTE: dict[type, Callable[[CallSession, Any], Awaitable[None] | None]] = {
+    fx.Observe: CallSession._observe, fx.StartTools: CallSession._tools, fx.CancelTools: CallSession._tools,
+    fx.Cleared: CallSession._tools, fx.SendToolResponse: CallSession._respond, HangUp: CallSession._hang_up,
+    Transfer: CallSession._transfer, fx.Open: CallSession._opened, fx.Stopped: CallSession._stopped,
+    fx.Refuse: CallSession._refused, fx.Expire: CallSession._expired,
+}

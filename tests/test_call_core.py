@@ -366,3 +366,11 @@ def test_the_pure_call_modules_say_so_and_import_no_io_clock_or_sdk(module):
             imported.add(node.module.split(".")[0])
     assert not imported & {"asyncio", "aiohttp", "websockets", "socket", "threading", "time", "google"}
     assert len(source.splitlines()) < 400
+
+
+def test_the_pump_executes_every_effect_the_core_may_ask_for():
+    import typing
+
+    from phonebridge import bridge, call_effects
+
+    assert set(bridge._EXECUTE) == set(typing.get_args(call_effects.Effect))
