@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from phonebridge import call_effects as fx
-from phonebridge import tool_calls
+from phonebridge import tool_turns
 from phonebridge.call import HangUp, Transfer
 from phonebridge.call_core import Call
 from phonebridge.call_open import Live, TwilioSocket, notify, open_recorder, record_outcome
@@ -41,7 +41,7 @@ class CallSession:
         self._ws, self._svc, self._sock = ws, services, TwilioSocket(ws)
         self._loop = asyncio.get_running_loop()
         self.call = Call(guard or StreamGuard(), self._loop.time(), hold_after_s=services.agent.hold_sound_after_s,
-                         hold_grace_s=tool_calls.HOLD_AFTER_RESPONSE_MAX_S)
+                         hold_grace_s=tool_turns.HOLD_AFTER_RESPONSE_MAX_S)
         self.stats: CallStats = self.call.stats
         self.state = self.call.state
         self._reactions = Reactions(services.metrics)
