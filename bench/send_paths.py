@@ -5,6 +5,8 @@
 The far ends run in a forked process, so this thread's CPU time (`time.thread_time_ns`) is the sender's
 alone; uvloop when installed, as `serve`. Prints the best and median of batches of 200 frames, us.
 - Live side: websockets' `send` vs phonebridge.live_frames.send_text, plain TCP and TLS (the SDK's socket).
+- Twilio side (aiohttp, the server end as the bridge is): `async for message in ws` vs `await ws.receive()`,
+  and `send_str` vs `send_frame` of the encoded text vs the writer's own synchronous frame write.
 - Metrics: prometheus_client Histogram.observe vs phonebridge.frame_metrics.FrameSeries.observe.
 """
 
@@ -114,7 +116,99 @@ async def metrics_side() -> None:
     _line("FrameSeries.observe x4 (+ its fold)", b)
 
 
+TWILIO_FRAME = '{"event": "media", "streamSid": "MZ0", "media": {"payload": "' + "A" * 216 + '"}}'
+
+
+def _twilio_peer(port: int, frames: int) -> None:
+    import aiohttp
+
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http, http.ws_connect(f"http://127.0.0.1:{port}/") as ws:
+            for _ in range(frames):
+                await ws.send_str(TWILIO_FRAME)
+                await asyncio.sleep(0) if _ % 50 else await asyncio.sleep(0.001)
+            async for _message in ws:  # then drain what the server sends until it closes
+                pass
+
+    asyncio.run(main())
+
+
+async def twilio_side() -> None:
+    from aiohttp import WSMsgType, web
+
+    frames = BATCH * BATCHES
+    results: dict[str, list[float]] = {}
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=None, compress=False)
+        await ws.prepare(request)
+        mode = request.app["mode"]
+        got, start, out = 0, time.thread_time_ns(), results.setdefault(mode, [])
+        if mode == "async for":
+            async for message in ws:
+                if message.type is not WSMsgType.TEXT:
+                    break
+                got += 1
+                if got % BATCH == 0:
+                    out.append((time.thread_time_ns() - start) / BATCH / 1000)
+                    start = time.thread_time_ns()
+                if got == frames:
+                    break
+        else:
+            while True:
+                message = await ws.receive()
+                if message.type is not WSMsgType.TEXT:
+                    break
+                got += 1
+                if got % BATCH == 0:
+                    out.append((time.thread_time_ns() - start) / BATCH / 1000)
+                    start = time.thread_time_ns()
+                if got == frames:
+                    break
+        writer = ws._writer  # noqa: SLF001 - the option being measured
+        assert writer is not None
+        sends = {
+            "send_str": lambda: ws.send_str(TWILIO_FRAME),
+            "send_frame(encoded)": lambda: ws.send_frame(TWILIO_FRAME.encode(), WSMsgType.TEXT),
+        }
+        for name, send in sends.items():
+            for _ in range(BATCHES // 2):
+                start = time.thread_time_ns()
+                for _ in range(BATCH):
+                    await send()
+                results.setdefault(name, []).append((time.thread_time_ns() - start) / BATCH / 1000)
+                await asyncio.sleep(0.002)
+        for _ in range(BATCHES // 2):
+            start = time.thread_time_ns()
+            for _ in range(BATCH):
+                writer._write_websocket_frame(TWILIO_FRAME.encode(), WSMsgType.TEXT, 0)  # noqa: SLF001
+            results.setdefault("writer._write_websocket_frame (sync)", []).append(
+                (time.thread_time_ns() - start) / BATCH / 1000)
+            await asyncio.sleep(0.002)
+        await ws.close()
+        return ws
+
+    for mode in ("async for", "receive()", "async for", "receive()"):
+        app = web.Application()
+        app["mode"] = mode
+        app.router.add_get("/", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        peer = multiprocessing.get_context("fork").Process(target=_twilio_peer, args=(port, frames), daemon=True)
+        peer.start()
+        while peer.is_alive():
+            await asyncio.sleep(0.05)
+        await runner.cleanup()
+    print("Twilio side (aiohttp server end, plain TCP loopback), one media frame:")
+    for name, us in results.items():
+        _line(name if "(" in name or name.startswith("send") else f"receive by {name}", us)
+
+
 async def main() -> None:
+    await twilio_side()
     await metrics_side()
     await live_side(None)
     await live_side(LocalTLS())
