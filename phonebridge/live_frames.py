@@ -1,11 +1,12 @@
 """Caller audio onto the Live session's socket without websockets' `send` machinery, when that is safe.
 
 `ClientConnection.send(text)` enters an async context manager per message (`send_context`: a generator-based
-`asynccontextmanager`, its checks, then `send_data()` and `await drain()`), ~4-5 us a frame before TLS. What
+`asynccontextmanager`, its checks, then `send_data()` and `await drain()`): bench/send_paths.py measured
+4-7 us a frame more than this module's path, the same TLS and socket write underneath both. What
 it puts on the wire comes from the connection's sans-I/O protocol: `protocol.send_text(payload)` frames it
 (mask, permessage-deflate if negotiated: the same extension objects, in the same order, so the compressor's
-state stays one stream) and `data_to_send()` hands back the bytes, which `send_data()` writes to the
-transport. `send_text` does exactly that, synchronously, and nothing else.
+state stays one stream) and the connection's `send_data()` writes its `data_to_send()` to the transport.
+`send_text` does exactly those two calls, synchronously, and nothing else.
 
 It only does it when `send` itself would neither wait nor raise: the connection is open, no fragmented
 message is being sent, the transport is not closing and not paused (backpressure: `send` would wait in
@@ -39,8 +40,8 @@ def audio_payload(pcm16k: bytes) -> bytes:
     return _HEAD + base64.urlsafe_b64encode(pcm16k) + _TAIL
 
 
-_CONNECTION_ATTRIBUTES = ("protocol", "transport", "paused", "send_in_progress", "set_connection_exc")
-_PROTOCOL_ATTRIBUTES = ("state", "send_text", "data_to_send", "expect_continuation_frame")
+_CONNECTION_ATTRIBUTES = ("protocol", "transport", "paused", "send_in_progress", "send_data", "set_connection_exc")
+_PROTOCOL_ATTRIBUTES = ("state", "send_text", "expect_continuation_frame")
 _checked: dict[type, bool] = {}  # per class: every instance of one websockets version has the same attributes
 
 
@@ -69,8 +70,7 @@ def send_text(socket: Any, payload: bytes) -> bool:
         return False
     protocol.send_text(payload)
     try:
-        for data in protocol.data_to_send():
-            transport.write(data)  # never the EOF marker (b""): only a close queues that, and we are OPEN
+        socket.send_data()  # the connection's own writer of data_to_send(): what send_context calls
     except Exception as exc:
         # What send_context does with a failed write: the connection is done; its reader sees it close.
         socket.set_connection_exc(exc)
