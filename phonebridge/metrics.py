@@ -8,8 +8,9 @@ kernel picks (SO_REUSEPORT): run one worker per pod/container where you scrape (
 `rate()`s across scrapes knowing each sample is one worker's. Every series carries no worker label on
 purpose: calls are independent and worker pids are unbounded cardinality.
 
-Per-frame calls (`observe_inbound`, `observe_outbound`, `observe_transcode`) use label children bound
-once here, so the hot path is one histogram `observe` with no label lookup.
+Per-frame calls (`observe_inbound`, `observe_outbound`, `observe_transcode`) feed `FrameHistogram`s
+(phonebridge.frame_metrics): a list append a frame, folded into the buckets at every scrape (and every
+4096 values), so `/metrics` shows every frame observed before the scrape, with a ~1 us `observe` saved each.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from phonebridge.frame_metrics import FrameHistogram
 
 # The bridge's own work on a 20 ms frame should be well under a millisecond: buckets from 25 us.
 FRAME_BUCKETS = (0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
@@ -48,8 +51,9 @@ class Metrics:
         self._clock = clock
         self._active_sids: set[str] = set()
         self._make_series()
-        self._latency = {d: self.bridge_latency.labels(direction=d) for d in DIRECTIONS}
-        self._transcode = {d: self.transcode_seconds.labels(direction=d) for d in DIRECTIONS}
+        self._latency = {d: self.bridge_latency.labels(d) for d in DIRECTIONS}
+        self._transcode = {d: self.transcode_seconds.labels(d) for d in DIRECTIONS}
+        self._inbound, self._outbound = self._latency["inbound"].observe, self._latency["outbound"].observe
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "call_start": self._on_call_start,
             "call_end": self._on_call_end,
@@ -70,13 +74,13 @@ class Metrics:
             "phonebridge_first_audio_seconds", "Stream start to the agent's first audio sent to Twilio.",
             buckets=FIRST_AUDIO_BUCKETS, registry=r,
         )
-        self.bridge_latency = Histogram(
+        self.bridge_latency = FrameHistogram(
             "phonebridge_bridge_latency_seconds", "Time the bridge adds to one audio frame, by direction.",
-            ["direction"], buckets=FRAME_BUCKETS, registry=r,
+            "direction", DIRECTIONS, FRAME_BUCKETS, r,
         )
-        self.transcode_seconds = Histogram(
+        self.transcode_seconds = FrameHistogram(
             "phonebridge_transcode_seconds", "Time spent transcoding one audio frame, by direction.",
-            ["direction"], buckets=FRAME_BUCKETS, registry=r,
+            "direction", DIRECTIONS, FRAME_BUCKETS, r,
         )
         self.loop_lag = Histogram(
             "phonebridge_event_loop_lag_seconds",
@@ -156,11 +160,11 @@ class Metrics:
 
     def observe_inbound(self, seconds: float) -> None:
         """Bridge time for one caller frame: Twilio frame received -> audio handed to the Live session."""
-        self._latency["inbound"].observe(seconds)
+        self._inbound(seconds)
 
     def observe_outbound(self, seconds: float) -> None:
         """Bridge time for one agent chunk: Live audio received -> media frame sent to Twilio."""
-        self._latency["outbound"].observe(seconds)
+        self._outbound(seconds)
 
     def observe_transcode(self, direction: str, seconds: float) -> None:
         """Time to decode+resample ("inbound") or resample+encode ("outbound") one frame."""

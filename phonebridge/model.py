@@ -29,6 +29,7 @@ from google.genai import types
 
 from phonebridge.agent import Agent
 from phonebridge.errors import ModelUnavailable
+from phonebridge import live_frames
 from phonebridge.live_config import REFUSED, HistoryMode, Opening, after_refusal, build_config, opening
 from phonebridge.live_resend import REPLAY_FRAMES, ResendBuffer
 from phonebridge.model_events import (
@@ -133,7 +134,9 @@ class LiveLink:
         # The session's socket (a private SDK attribute) when present; the public method otherwise.
         socket = getattr(session, "_ws", None) if self._fast_audio else None
         if socket is not None:
-            await socket.send(audio_message(pcm16k))
+            # Framed and written in place when websockets' `send` would neither wait nor raise (live_frames).
+            if not (live_frames.usable(socket) and live_frames.send_text(socket, live_frames.audio_payload(pcm16k))):
+                await socket.send(audio_message(pcm16k))
         else:
             await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
 
