@@ -54,9 +54,9 @@ def _scale_rows(
     ]
     ref = best or (steps[0] if steps else None)
     if ref_calls is not None:  # a baseline's figures at the step the current tree's are read at
-        ref = next((s for s in steps if s["calls"] == ref_calls), ref)
+        ref = next((s for s in steps if _asked(s) == ref_calls), ref)
     if ref is not None:
-        tag = f"@{ref['calls']}"
+        tag = _tag(ref)
         out += [
             (f"inbound added latency p50/p99 {tag}", f"{_ms(ref['inbound']['p50'])} / {_ms(ref['inbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["inbound"]["p99"] <= target_s)),
             (f"outbound added latency p50/p99 {tag}", f"{_ms(ref['outbound']['p50'])} / {_ms(ref['outbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["outbound"]["p99"] <= target_s)),
@@ -90,10 +90,20 @@ def _reaction_rows(ref: dict[str, Any], tag: str) -> list[Row]:
     return out
 
 
+def _asked(step: dict[str, Any]) -> int:
+    """The step's call count as asked for (bench/main records it); `calls` counts the dials that succeeded."""
+    return int(step.get("asked", step["calls"]))
+
+
+def _tag(step: dict[str, Any]) -> str:
+    dialled = "" if step["calls"] == _asked(step) else f" ({step['calls']} dialled)"
+    return f"@{_asked(step)}{dialled}"
+
+
 def reference_calls(steps: list[dict[str, Any]], target_s: float) -> int | None:
     """The step whose figures the table shows: the best one, else the first."""
     ref = best_step(steps, target_s) or (steps[0] if steps else None)
-    return None if ref is None else int(ref["calls"])
+    return None if ref is None else _asked(ref)
 
 
 def rows(
@@ -122,7 +132,7 @@ def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
     """Every step's latency and CPU, for a before/after table (the main rows show one step only)."""
     out: list[Row] = []
     for s in steps:
-        tag = f"@{s['calls']}"
+        tag = _tag(s)
         for way in ("inbound", "outbound"):
             out.append((f"{way} added latency p50/p99 {tag}", f"{_ms(s[way]['p50'])} / {_ms(s[way]['p99'])}",
                         "p99 <= 5 ms", _verdict(s[way]["p99"] <= target_s)))

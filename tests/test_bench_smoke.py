@@ -142,3 +142,13 @@ def test_a_baseline_tree_is_what_its_processes_import(tmp_path: Path) -> None:
     assert steps.imported_from(steps.tree_env(fake), fake) == str(fake)
     here = Path(__file__).resolve().parents[1]
     assert steps.imported_from(steps.tree_env(here), here) == str(here)
+
+
+def test_a_step_whose_dials_partly_failed_pairs_with_the_other_trees_by_the_count_asked_for() -> None:
+    def step(asked: int, dialled: int) -> dict[str, object]:
+        latency = {"p50": 0.001, "p99": 0.002}
+        return {"calls": dialled, "asked": asked, "inbound": latency, "outbound": latency, "cpu_per_call": 0.01}
+
+    before, after = report.step_rows([step(50, 48)], 0.005), report.step_rows([step(50, 50)], 0.005)  # type: ignore[list-item]
+    assert before[0][0] == "inbound added latency p50/p99 @50 (48 dialled)"
+    assert [row[1] != "n/a" for row in report.compare(before, after)] == [True, True, True]
