@@ -5,7 +5,8 @@ audio core as it was before issue 17) and now, timed in alternating batches in t
 see the same machine; best batch and median batch, each the mean CPU time over the frames of a batch. It checks that
 both give the very same bytes. Then the resampler's alias/image rejection, passband ripple and delay, each
 against its target. Quality is read from the output spectrum of steady tones fed through the streaming API in
-20 ms frames (one second, Kaiser window beta 14, tones on exact 1 Hz bins). Exit status 1 if any line fails
+20 ms frames (one second, Kaiser window beta 14, tones on exact 1 Hz bins), and the ripple again issue 17's
+way (bench/passband.py): steady-state RMS after the delay, with and without mu-law. Exit status 1 if any line fails
 (the per-frame cost is judged on the median batch). Times are CPU time of this thread (see per_frame_stats).
 """
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 import audio_baseline
+import passband
 from phonebridge.audio import InboundTranscoder, OutboundTranscoder, Resampler, ulaw_encode
 from phonebridge.testing.speech import synth_speech
 
@@ -95,6 +97,19 @@ def measured_delay_ms(src: int, dst: int) -> float:
     return 1000 * ((np.arange(len(out)) * out).sum() / out.sum() / dst - 30 / src)
 
 
+def steady_ripple_rows() -> list[tuple[str, float, str, float]]:
+    """Issue 17's way: steady-state RMS gain after the delay, tones every 50 Hz, 20 ms frames (bench/passband);
+    through the bare resamplers and through the mu-law transcoders (those tones 1/7 Hz off the grid)."""
+    rows = []
+    for way, src, dst in (("out", 24000, 8000), ("in ", 8000, 16000)):
+        for label, method in (("rms", passband.rms_gain_db), ("rms, mu-law", passband.mulaw_gain_db)):
+            gains = [method(src, dst, f) for f in passband.FREQS]
+            rows.append((f"{way} ripple, steady {label} (dB)", passband.ripple(gains), "<=", 0.1))
+            rows.append((f"{way} gain at 300 Hz, steady {label} (dB)", gains[0], "INFO", 0.0))
+            rows.append((f"{way} gain at 3400 Hz, steady {label} (dB)", gains[-1], "INFO", 0.0))
+    return rows
+
+
 def cost_rows() -> list[tuple[str, float, str, float]]:
     """Before and after, per frame, each way; refuses to time implementations that disagree on a byte."""
     caller = synth_speech("the caller says something", 8000, seconds=2.0)
@@ -122,18 +137,19 @@ def main() -> int:
         ("in  image rejection, 8k->16k (dB)", image_db(8000, 16000), "<=", -80.0),
         ("out passband ripple 300-3400 Hz (dB)", ripple_db(24000, 8000), "<=", 0.1),
         ("in  passband ripple 300-3400 Hz (dB)", ripple_db(8000, 16000), "<=", 0.1),
+        *steady_ripple_rows(),
         ("out delay, measured (ms)", measured_delay_ms(24000, 8000), "<=", 3.0),
         ("in  delay, measured (ms)", measured_delay_ms(8000, 16000), "<=", 3.0),
     ]
     failed = 0
-    print(f"{'measure':40} {'value':>9}  {'target':>9}  result")
+    print(f"{'measure':44} {'value':>9}  {'target':>9}  result")
     for name, value, op, target in rows:
         if op == "INFO":
-            print(f"{name:40} {value:9.3f}  {'':>9}  INFO")
+            print(f"{name:44} {value:9.3f}  {'':>9}  INFO")
             continue
         ok = value < target if op == "<" else value <= target
         failed += not ok
-        print(f"{name:40} {value:9.3f}  {op + ' ' + format(target, 'g'):>9}  {'PASS' if ok else 'FAIL'}")
+        print(f"{name:44} {value:9.3f}  {op + ' ' + format(target, 'g'):>9}  {'PASS' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

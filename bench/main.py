@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from report import plot, rows, table
+from report import compare, compare_table, plot, reference_calls, rows, step_rows, table
 from steps import run_step
 
+import baseline
 import quality
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -30,6 +33,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per step (default 20, quick 4)")
     parser.add_argument("--steps", default=None, help="comma-separated call counts, overriding the default ladder")
     parser.add_argument("--profile", action="store_true", help="py-spy the server during the last step")
+    parser.add_argument("--baseline", metavar="REV", default=None,
+                        help="also run a git revision's server (a temporary worktree), step by step, for before/after")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -50,25 +55,41 @@ def ladder(args: argparse.Namespace) -> list[int]:
     return [n for n in (QUICK_STEPS if args.quick else STEPS) if n <= args.max_calls]
 
 
-def run_ladder(args: argparse.Namespace, seconds: float) -> list[dict[str, Any]]:
+def _step(calls: int, seconds: float, profile: Path | None, tree: Path | None, name: str) -> dict[str, Any]:
+    print(f"step: {calls} calls for {seconds:g} s ({name}) ...", file=sys.stderr, flush=True)
+    step = run_step(calls, seconds, profile, tree)
+    step["generator_bound"] = generator_bound(step)
+    step["asked"] = calls  # step["calls"] is how many dials succeeded: the two trees pair by what was asked
+    step["load_average"] = os.getloadavg()  # the machine may be shared: how busy it was around this step
+    print(
+        f"  {step['calls']} calls: in p99 {step['inbound']['p99'] * 1e3:.2f} ms, out p99 "
+        f"{step['outbound']['p99'] * 1e3:.2f} ms, serve cpu {step['serve_cpu']:.0%}, "
+        f"loadgen cpu {step['loadgen_cpu']:.0%}, loadgen lag p99 {step['loadgen_lag']['p99'] * 1e3:.2f} ms, "
+        f"serve loop lag p99 <= {step['bridge_p99_bucket'].get('loop_lag', float('nan')) * 1e3:g} ms, "
+        f"load average {step['load_average'][0]:.2f}",
+        file=sys.stderr, flush=True,
+    )
+    return step
+
+
+def run_ladder(
+    args: argparse.Namespace, seconds: float, base_tree: Path | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The current tree's steps and, with a baseline tree, the baseline's: the two alternate step by step
+    (baseline first), under the same load generator. The ladder stops when neither holds its p99."""
     results: list[dict[str, Any]] = []
+    before: list[dict[str, Any]] = []
     plan = ladder(args)
     for index, calls in enumerate(plan):
         profile = args.out / f"profile-{calls}.txt" if args.profile and index == len(plan) - 1 else None
-        print(f"step: {calls} calls for {seconds:g} s ...", file=sys.stderr, flush=True)
-        step = run_step(calls, seconds, profile)
-        step["generator_bound"] = generator_bound(step)
+        if base_tree is not None:
+            before.append(_step(calls, seconds, None, base_tree, "baseline"))
+        step = _step(calls, seconds, profile, None, "current" if base_tree is not None else "")
         results.append(step)
-        print(
-            f"  {step['calls']} calls: in p99 {step['inbound']['p99'] * 1e3:.2f} ms, out p99 "
-            f"{step['outbound']['p99'] * 1e3:.2f} ms, serve cpu {step['serve_cpu']:.0%}, "
-            f"loadgen cpu {step['loadgen_cpu']:.0%}, loadgen lag p99 {step['loadgen_lag']['p99'] * 1e3:.2f} ms, "
-            f"serve loop lag p99 <= {step['bridge_p99_bucket'].get('loop_lag', float('nan')) * 1e3:g} ms",
-            file=sys.stderr, flush=True,
-        )
-        if not p99_ok(step) or step["generator_bound"]:
+        # An open ladder stops where neither tree holds its p99; steps asked for by --steps all run.
+        if not args.steps and all(not p99_ok(s) or s["generator_bound"] for s in (step, *before[-1:])):
             break
-    return results
+    return results, before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,17 +97,54 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.seconds if args.seconds is not None else (6.0 if args.quick else 20.0)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    steps = run_ladder(args, seconds)
-    print("quality and cost ...", file=sys.stderr, flush=True)
-    audio = quality.measure(500 if args.quick else 5000)
-    lines = rows(steps, audio, P99_TARGET_S)
-    print(table(lines))
-    data = {"started": started, "seconds_per_step": seconds, "steps": steps, "audio": audio,
-            "table": [dict(zip(("figure", "value", "target", "result"), line)) for line in lines]}
+    messages = 500 if args.quick else 5000
+    if args.baseline is None:
+        steps, _ = run_ladder(args, seconds)
+        print("quality and cost ...", file=sys.stderr, flush=True)
+        audio = quality.measure(messages)
+        lines = rows(steps, audio, P99_TARGET_S)
+        print(table(lines))
+        data = {"started": started, "seconds_per_step": seconds, "load_average_end": os.getloadavg(),
+                "steps": steps, "audio": audio,
+                "table": [dict(zip(("figure", "value", "target", "result"), line)) for line in lines]}
+    else:
+        steps, data = run_with_baseline(args, seconds, messages)
+        data["started"] = started
     (args.out / "bench.json").write_text(json.dumps(data, indent=2))
     plot(steps, args.out / "latency.png", P99_TARGET_S)
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'latency.png'}")
     return 0
+
+
+def run_with_baseline(args: argparse.Namespace, seconds: float, messages: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Both trees through the same ladder, their quality and cost each in its own process, one table."""
+    with baseline.worktree(args.baseline) as (tree, sha):
+        steps, before = run_ladder(args, seconds, tree)
+        # Each tree in a fresh process of its own, started the same way one after the other: neither gets a
+        # warmer or a more crowded process than the other.
+        print("quality and cost (baseline, then current) ...", file=sys.stderr, flush=True)
+        before_audio = baseline.quality_of(tree, messages)
+        audio = baseline.quality_of(baseline.REPO, messages)
+    ref = reference_calls(steps, P99_TARGET_S)
+    after_rows = rows(steps, audio, P99_TARGET_S) + step_rows(steps, P99_TARGET_S)
+    before_rows = rows(before, before_audio, P99_TARGET_S, ref) + step_rows(before, P99_TARGET_S)
+    lines = compare(before_rows, after_rows)
+    current = _git_describe()
+    load = os.getloadavg()
+    print(compare_table(lines, f"before ({args.baseline} {sha[:8]})", f"after ({current})"))
+    print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores, shared)")
+    data = {"seconds_per_step": seconds, "load_average_end": load, "steps": steps, "audio": audio,
+            "baseline": {"rev": args.baseline, "sha": sha, "steps": before, "audio": before_audio},
+            "table": [dict(zip(("figure", "before", "after", "target", "result"), line)) for line in lines]}
+    return steps, data
+
+
+def _git_describe() -> str:
+    """The current tree: its commit, "+dirty" when the working tree has changes the commit does not."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent.parent)]
+    sha = subprocess.run([*git, "rev-parse", "--short=8", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout
+    return f"{sha}{'+dirty' if dirty.strip() else ''}" or "this tree"
 
 
 if __name__ == "__main__":

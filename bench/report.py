@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import math
+import re
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 Row = tuple[str, str, str, str]
+Compared = tuple[str, str, str, str, str]  # figure, before, after, target, result (of after)
 MIB = 1024 * 1024
 
 
@@ -34,7 +37,9 @@ def _ms(v: float) -> str:
     return "n/a" if math.isnan(v) else f"{v * 1e3:.3f} ms"
 
 
-def _scale_rows(steps: list[dict[str, Any]], target_s: float) -> tuple[list[Row], dict[str, Any] | None]:
+def _scale_rows(
+    steps: list[dict[str, Any]], target_s: float, ref_calls: int | None = None
+) -> tuple[list[Row], dict[str, Any] | None]:
     best = best_step(steps, target_s)
     n = best["calls"] if best else 0
     last = steps[-1] if steps else None
@@ -48,8 +53,10 @@ def _scale_rows(steps: list[dict[str, Any]], target_s: float) -> tuple[list[Row]
         ("calls per core at p99 <= 5 ms (bridge issue)", str(n), ">= 100", _verdict(n >= 100)),
     ]
     ref = best or (steps[0] if steps else None)
+    if ref_calls is not None:  # a baseline's figures at the step the current tree's are read at
+        ref = next((s for s in steps if _asked(s) == ref_calls), ref)
     if ref is not None:
-        tag = f"@{ref['calls']}"
+        tag = _tag(ref)
         out += [
             (f"inbound added latency p50/p99 {tag}", f"{_ms(ref['inbound']['p50'])} / {_ms(ref['inbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["inbound"]["p99"] <= target_s)),
             (f"outbound added latency p50/p99 {tag}", f"{_ms(ref['outbound']['p50'])} / {_ms(ref['outbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["outbound"]["p99"] <= target_s)),
@@ -83,8 +90,28 @@ def _reaction_rows(ref: dict[str, Any], tag: str) -> list[Row]:
     return out
 
 
-def rows(steps: list[dict[str, Any]], audio: dict[str, float], target_s: float) -> list[Row]:
-    out, _ = _scale_rows(steps, target_s)
+def _asked(step: dict[str, Any]) -> int:
+    """The step's call count as asked for (bench/main records it); `calls` counts the dials that succeeded."""
+    return int(step.get("asked", step["calls"]))
+
+
+def _tag(step: dict[str, Any]) -> str:
+    dialled = "" if step["calls"] == _asked(step) else f" ({step['calls']} dialled)"
+    return f"@{_asked(step)}{dialled}"
+
+
+def reference_calls(steps: list[dict[str, Any]], target_s: float) -> int | None:
+    """The step whose figures the table shows: the best one, else the first."""
+    ref = best_step(steps, target_s) or (steps[0] if steps else None)
+    return None if ref is None else _asked(ref)
+
+
+def rows(
+    steps: list[dict[str, Any]], audio: dict[str, Any], target_s: float, ref_calls: int | None = None
+) -> list[Row]:
+    if "error" in audio:  # a baseline whose quality run failed: its audio rows read nan
+        audio = defaultdict(lambda: float("nan"))
+    out, _ = _scale_rows(steps, target_s, ref_calls)
     for way in ("outbound", "inbound"):
         gap = audio[f"{way}_ceiling"] - audio[f"{way}_pesq"]
         out.append((f"{way} PESQ-NB (G.711 ceiling {audio[f'{way}_ceiling']:.3f})", f"{audio[f'{way}_pesq']:.3f}", "within 0.02 of ceiling", _verdict(gap <= 0.02)))
@@ -99,6 +126,40 @@ def rows(steps: list[dict[str, Any]], audio: dict[str, float], target_s: float) 
         ("bridge's direct send per frame / receive per 20 ms", f"{audio.get('direct_send_us', float('nan')):.1f} / {audio.get('direct_recv_us', float('nan')) / 2:.1f} us", "INFO", "INFO"),
     ]
     return out
+
+
+def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
+    """Every step's latency and CPU, for a before/after table (the main rows show one step only)."""
+    out: list[Row] = []
+    for s in steps:
+        tag = _tag(s)
+        for way in ("inbound", "outbound"):
+            out.append((f"{way} added latency p50/p99 {tag}", f"{_ms(s[way]['p50'])} / {_ms(s[way]['p99'])}",
+                        "p99 <= 5 ms", _verdict(s[way]["p99"] <= target_s)))
+        out.append((f"server CPU per call {tag}", f"{s['cpu_per_call'] * 100:.2f} % of a core", "INFO", "INFO"))
+    return out
+
+
+def _key(figure: str) -> str:
+    """A figure's name without its run-specific parentheticals ("(p99 broke at 100 calls)", a ceiling)."""
+    return re.sub(r" \([^)]*\d[^)]*\)", "", figure)
+
+
+def compare(before: list[Row], after: list[Row]) -> list[Compared]:
+    """The two runs' rows side by side, matched by figure; the current tree's figure names and verdicts."""
+    earlier: dict[str, list[str]] = defaultdict(list)
+    for row in before:
+        earlier[_key(row[0])].append(row[1])
+    out = [(figure, (earlier[_key(figure)] or ["n/a"]).pop(0), value, target, result)
+           for figure, value, target, result in after]
+    return out + [(figure, value, "n/a", "", "") for figure, values in earlier.items() for value in values]
+
+
+def compare_table(lines: list[Compared], before: str, after: str) -> str:
+    widths = [max(len(head), *(len(r[i]) for r in lines)) for i, head in enumerate(("figure", before, after, "target"))]
+    head = f"{'figure':{widths[0]}}  {before:>{widths[1]}}  {after:>{widths[2]}}  {'target':{widths[3]}}  result"
+    body = [f"{a:{widths[0]}}  {b:>{widths[1]}}  {c:>{widths[2]}}  {d:{widths[3]}}  {e}" for a, b, c, d, e in lines]
+    return "\n".join([head, "-" * len(head), *body])
 
 
 def table(lines: list[Row]) -> str:

@@ -103,9 +103,28 @@ def _p99_bucket(found: list[tuple[str, float]]) -> float:
     return next((le for le, n in buckets if total and n >= 0.99 * total), float("nan"))
 
 
-def run_step(calls: int, seconds: float, profile: Path | None = None) -> dict[str, Any]:
-    """Start the load generator and a fresh server, run `calls` calls for `seconds`, return the numbers."""
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment and working directory under which a Python process imports phonebridge from `tree`
+    (a checkout of another revision, say): PYTHONPATH comes before the venv's own path entries, and the working
+    directory, which `python -m` puts first, is that tree too."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+def imported_from(env: dict[str, str], cwd: Path) -> str:
+    """Where a process started like the server imports phonebridge from: proof that a baseline is the baseline."""
+    code = "import phonebridge, os; print(os.path.dirname(os.path.dirname(os.path.abspath(phonebridge.__file__))))"
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+
+
+def run_step(calls: int, seconds: float, profile: Path | None = None, tree: Path | None = None) -> dict[str, Any]:
+    """Start the load generator and a fresh server, run `calls` calls for `seconds`, return the numbers.
+
+    With `tree`, the server imports phonebridge from that checkout (bench/run --baseline); the load generator
+    and the agent are this tree's either way, so both servers face the very same load."""
     python = sys.executable
+    root = tree if tree is not None else BENCH.parent
+    base_env = tree_env(tree) if tree is not None else dict(os.environ)
     gen = subprocess.Popen(
         _pinned(1, [python, str(BENCH / "loadgen.py")]), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         cwd=BENCH,
@@ -116,14 +135,14 @@ def run_step(calls: int, seconds: float, profile: Path | None = None) -> dict[st
         live = _read_json_line(gen, time.monotonic() + 30)
         port = _free_port()
         env = {
-            **os.environ, "GOOGLE_GEMINI_BASE_URL": live["base_url"], "SSL_CERT_FILE": live["ca_file"],
+            **base_env, "GOOGLE_GEMINI_BASE_URL": live["base_url"], "SSL_CERT_FILE": live["ca_file"],
             "GEMINI_API_KEY": "bench", "PHONEBRIDGE_PUBLIC_URL": PUBLIC_URL, "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
             "TWILIO_ACCOUNT_SID": ACCOUNT_SID, "PHONEBRIDGE_MAX_CALLS": "100000", "PHONEBRIDGE_DRAIN_TIMEOUT_S": "5",
         }
         serve = subprocess.Popen(_pinned(0, [
             python, "-m", "phonebridge.cli", "--log-level", "WARNING", "serve", "--agent", str(BENCH / "agent.py"),
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ]), env=env)
+        ]), env=env, cwd=root)
         _wait_healthy(port, serve)
         if profile is not None:
             spy = _start_profile(serve.pid, seconds, profile)
@@ -134,6 +153,7 @@ def run_step(calls: int, seconds: float, profile: Path | None = None) -> dict[st
         gen.stdin.flush()
         result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 60)["result"])
         result["bridge_p99_bucket"] = p99_buckets(result.pop("metrics_after", ""), result.pop("metrics_before", ""))
+        result["tree"] = str(root)
         return result
     finally:
         if spy is not None:

@@ -106,3 +106,49 @@ def test_bridge_histograms_are_read_over_the_measured_window_only() -> None:
     after = text([100, 100, 100, 110])  # then a hundred fast ones in the window
     assert steps.p99_buckets(after, before)["reaction_clear"] == 0.00025
     assert steps.p99_buckets(after)["reaction_clear"] == math.inf  # over the whole life, the dialling's show
+
+
+def test_before_after_rows_pair_by_figure_whatever_their_run_specific_notes() -> None:
+    before = [("calls per core at p99 <= 5 ms (p99 broke at 100 calls)", "50", "t", "FAIL"),
+              ("calls per core at p99 <= 5 ms (bridge issue)", "50", "t", "FAIL"),
+              ("outbound PESQ-NB (G.711 ceiling 4.517)", "4.500", "t", "PASS"),
+              ("server CPU per call @50", "0.9 %", "INFO", "INFO"), ("server CPU per call @50", "0.8 %", "INFO", "INFO"),
+              ("only before @25", "1", "INFO", "INFO")]
+    after = [("calls per core at p99 <= 5 ms", "100", "t", "FAIL"),
+             ("calls per core at p99 <= 5 ms (bridge issue)", "100", "t", "PASS"),
+             ("outbound PESQ-NB (G.711 ceiling 4.520)", "4.510", "t", "PASS"),
+             ("server CPU per call @50", "0.7 %", "INFO", "INFO"), ("server CPU per call @50", "0.6 %", "INFO", "INFO"),
+             ("only after", "2", "INFO", "INFO")]
+    assert report.compare(before, after) == [
+        ("calls per core at p99 <= 5 ms", "50", "100", "t", "FAIL"),
+        ("calls per core at p99 <= 5 ms (bridge issue)", "50", "100", "t", "PASS"),
+        ("outbound PESQ-NB (G.711 ceiling 4.520)", "4.500", "4.510", "t", "PASS"),
+        ("server CPU per call @50", "0.9 %", "0.7 %", "INFO", "INFO"),  # repeated figures pair in order
+        ("server CPU per call @50", "0.8 %", "0.6 %", "INFO", "INFO"),
+        ("only after", "n/a", "2", "INFO", "INFO"),
+        ("only before @25", "1", "n/a", "", ""),
+    ]
+    text = report.compare_table(report.compare(before, after), "before (main)", "after (abc)").splitlines()
+    assert text[0].split() == ["figure", "before", "(main)", "after", "(abc)", "target", "result"]
+    assert len(text) == 2 + 7
+
+
+def test_a_baseline_tree_is_what_its_processes_import(tmp_path: Path) -> None:
+    import steps
+
+    fake = tmp_path / "tree"
+    (fake / "phonebridge").mkdir(parents=True)
+    (fake / "phonebridge" / "__init__.py").write_text("")
+    assert steps.imported_from(steps.tree_env(fake), fake) == str(fake)
+    here = Path(__file__).resolve().parents[1]
+    assert steps.imported_from(steps.tree_env(here), here) == str(here)
+
+
+def test_a_step_whose_dials_partly_failed_pairs_with_the_other_trees_by_the_count_asked_for() -> None:
+    def step(asked: int, dialled: int) -> dict[str, object]:
+        latency = {"p50": 0.001, "p99": 0.002}
+        return {"calls": dialled, "asked": asked, "inbound": latency, "outbound": latency, "cpu_per_call": 0.01}
+
+    before, after = report.step_rows([step(50, 48)], 0.005), report.step_rows([step(50, 50)], 0.005)  # type: ignore[list-item]
+    assert before[0][0] == "inbound added latency p50/p99 @50 (48 dialled)"
+    assert [row[1] != "n/a" for row in report.compare(before, after)] == [True, True, True]
