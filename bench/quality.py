@@ -119,9 +119,9 @@ async def _sdk_costs(messages: int) -> dict[str, float]:
     for _ in range(messages):
         base64.b64decode(json.loads(wire)["serverContent"]["modelTurn"]["parts"][0]["inlineData"]["data"])
     recv_floor_us = (time.perf_counter() - start) / messages * 1e6
-    # What the bridge itself does instead (phonebridge.model.audio_message, phonebridge.model_wire).
-    from phonebridge.model import audio_message
-    from phonebridge.model_wire import wire_events
+    # What the bridge itself does instead (phonebridge.live.link.audio_message, phonebridge.live.wire).
+    from phonebridge.live.link import audio_message
+    from phonebridge.live.wire import wire_events
 
     start = time.perf_counter()
     for _ in range(messages):

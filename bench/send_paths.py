@@ -4,10 +4,10 @@
 
 The far ends run in a forked process, so this thread's CPU time (`time.thread_time_ns`) is the sender's
 alone; uvloop when installed, as `serve`. Prints the best and median of batches of 200 frames, us.
-- Live side: websockets' `send` vs phonebridge.live_frames.send_text, plain TCP and TLS (the SDK's socket).
+- Live side: websockets' `send` vs phonebridge.live.frames.send_text, plain TCP and TLS (the SDK's socket).
 - Twilio side (aiohttp, the server end as the bridge is): `async for message in ws` vs `await ws.receive()`,
   and `send_str` vs `send_frame` of the encoded text vs the writer's own synchronous frame write.
-- Metrics: prometheus_client Histogram.observe vs phonebridge.frame_metrics.FrameSeries.observe.
+- Metrics: prometheus_client Histogram.observe vs phonebridge.server.frame_metrics.FrameSeries.observe.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from prometheus_client import CollectorRegistry, Histogram  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
-from phonebridge import live_frames  # noqa: E402
-from phonebridge.frame_metrics import FrameHistogram  # noqa: E402
-from phonebridge.metrics import FRAME_BUCKETS  # noqa: E402
-from phonebridge.model import audio_message  # noqa: E402
+import phonebridge.live.frames as live_frames# noqa: E402
+from phonebridge.server.frame_metrics import FrameHistogram  # noqa: E402
+from phonebridge.server.metrics import FRAME_BUCKETS  # noqa: E402
+from phonebridge.live.link import audio_message  # noqa: E402
 from phonebridge.testing.tls import LocalTLS  # noqa: E402
 
 PCM = bytes(640)

@@ -10,22 +10,26 @@ from typing import TYPE_CHECKING, Any
 # phonebridge is imported before numpy; an explicit setting wins.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from phonebridge import _moved
+
+_moved.install()  # the old flat import paths keep working
+
 __version__ = "0.1.0"
 __all__ = ["Agent", "CallContext", "__version__"]
 
 if TYPE_CHECKING:
-    from phonebridge.agent import Agent
-    from phonebridge.context import CallContext
+    from phonebridge.agent.definition import Agent
+    from phonebridge.agent.context import CallContext
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so that `import phonebridge.audio` does not pull in google-genai.
     if name == "Agent":
-        from phonebridge.agent import Agent
+        from phonebridge.agent.definition import Agent
 
         return Agent
     if name == "CallContext":
-        from phonebridge.context import CallContext
+        from phonebridge.agent.context import CallContext
 
         return CallContext
     raise AttributeError(name)

@@ -1,4 +1,4 @@
-"""The audio core: G.711 mu-law and streaming resampling. No I/O, no clock.
+"""Sans-I/O: the audio core, G.711 mu-law and streaming resampling (no clock either).
 
 All PCM here is 16-bit little-endian mono. Twilio speaks mu-law at 8 kHz, Gemini Live wants PCM16 at 16 kHz and
 answers at 24 kHz, so every call runs 8k -> 16k inbound and 24k -> 8k outbound, every 20 ms.

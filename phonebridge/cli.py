@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from phonebridge.errors import ConfigError, PhonebridgeError
-from phonebridge.serving import run_loop, serve
+from phonebridge.server.serving import run_loop, serve
 
 __all__ = ["main", "run_loop", "serve"]  # run_loop and serve moved to serving.py; still importable from here
 
@@ -23,7 +23,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from phonebridge.logs import setup_logging
+    from phonebridge.server.logs import setup_logging
 
     level_problem = _log_level_problem(args.log_level)
     setup_logging("INFO" if level_problem else args.log_level)
@@ -71,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     from phonebridge.commands import add_commands
 
     add_commands(sub)
-    from phonebridge.inspect_cli import add_parser as add_inspect
+    from phonebridge.inspector.cli import add_parser as add_inspect
 
     add_inspect(sub)
     return parser
@@ -95,12 +95,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from phonebridge.preflight import check_serve
+    from phonebridge.server.preflight import check_serve
 
     plan = check_serve(args)
     log.info("Gemini Live endpoint: %s", plan.endpoint)
     if plan.workers != 1:
-        from phonebridge.workers import serve_workers
+        from phonebridge.server.workers import serve_workers
 
         args.port, args.workers = plan.port, plan.workers
         return serve_workers(args, plan.settings)

@@ -7,9 +7,10 @@ import argparse
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Each command module adds its own parser; this is the one list of them."""
-    from phonebridge import demo, twilio_cli
+    import phonebridge.demo.cli as demo
+    import phonebridge.twilio.number_cli as twilio_cli
 
     demo.add_parser(sub)
-    from phonebridge import replay_cli; replay_cli.add_parser(sub)  # noqa: E702
+    import phonebridge.cassette.replay_cli as replay_cli; replay_cli.add_parser(sub)  # noqa: E702
     twilio_cli.add_parsers(sub)
-    from phonebridge import dev; dev.add_parser(sub)  # noqa: E702
+    import phonebridge.dev.cli as dev; dev.add_parser(sub)  # noqa: E702

@@ -31,7 +31,7 @@ def playback_idle(caller: Any) -> bool:
 
 def reactions(harness: Any) -> dict[str, tuple[float, float]]:
     """phonebridge_reaction_seconds of the harness's app: {kind: (count, sum of seconds)}."""
-    from phonebridge.app import METRICS
+    from phonebridge.server.app import METRICS
 
     out: dict[str, list[float]] = {}
     for family in harness.app[METRICS].registry.collect():

@@ -7,8 +7,8 @@ from aiohttp import web
 from google import genai
 
 from phonebridge import Agent
-from phonebridge.app import RUNTIME, SHARED, make_app
-from phonebridge.config import Settings
+from phonebridge.server.app import RUNTIME, SHARED, make_app
+from phonebridge.server.config import Settings
 from phonebridge.errors import ModelUnavailable
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL
 

@@ -11,7 +11,7 @@ import hmac
 import aiohttp
 import pytest
 
-from phonebridge.agent import Agent
+from phonebridge.agent.definition import Agent
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, BridgeHarness
 from phonebridge.testing.live_script import Hear, Say, Script, WaitForCaller, WaitForText
 from phonebridge.testing.speech import synth_speech
@@ -30,7 +30,7 @@ def greeting_script(*more) -> Script:
 
 
 def stream_token(call_sid: str) -> str:
-    """The per-call stream token, computed independently of phonebridge.signatures."""
+    """The per-call stream token, computed independently of phonebridge.twilio.signatures."""
     message = f"phonebridge-stream-v1\0{ACCOUNT_SID}\0{call_sid}".encode()
     return hmac.new(AUTH_TOKEN.encode(), message, hashlib.sha256).hexdigest()
 
@@ -190,7 +190,7 @@ async def test_caller_hang_up_mid_utterance_closes_the_model_session_and_leaves_
         stats = h.runtime.finished[-1]
         assert stats.outcome == "caller_hung_up"
         bridge_tasks = [t for t in asyncio.all_tasks() - baseline
-                        if "phonebridge/bridge.py" in repr(t.get_coro()) or "phonebridge/model.py" in repr(t.get_coro())]
+                        if "phonebridge/call/bridge.py" in repr(t.get_coro()) or "phonebridge/live/link.py" in repr(t.get_coro())]
         assert bridge_tasks == []
 
 

@@ -13,10 +13,10 @@ from typing import Any, Literal
 
 import pytest
 
-from phonebridge.agent import Agent
-from phonebridge.context import CallContext
+from phonebridge.agent.definition import Agent
+from phonebridge.agent.context import CallContext
 from phonebridge.errors import ToolError
-from phonebridge.hold import HoldSound
+from phonebridge.call.hold import HoldSound
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import (
     CallTools,
@@ -461,7 +461,7 @@ async def test_a_blocked_sync_handler_neither_stalls_other_calls_nor_delays_shut
 async def test_hold_sound_goes_on_through_a_second_slow_tool_call_that_follows_at_once(monkeypatch):
     # The bridge gives the model HOLD_AFTER_RESPONSE_MAX_S after a tool response to speak before it stops the
     # hold sound; shortened here so that the test is quick. The model chains a second slow call instead.
-    monkeypatch.setattr("phonebridge.tool_turns.HOLD_AFTER_RESPONSE_MAX_S", 0.3)
+    monkeypatch.setattr("phonebridge.call.tool_turns.HOLD_AFTER_RESPONSE_MAX_S", 0.3)
     agent = make_agent(hold_sound_after_s=0.1)
     entered = {"first": asyncio.Event(), "second": asyncio.Event()}
     release = {"first": asyncio.Event(), "second": asyncio.Event()}

@@ -1,6 +1,6 @@
 """The call's outbound state machine: marks, barge-in, heard audio, ending after the last words."""
 
-from phonebridge.call import CallState, HangUp, SendClear, SendMark, SendMedia, Transfer
+from phonebridge.call.state import CallState, HangUp, SendClear, SendMark, SendMedia, Transfer
 
 FRAME = b"\xff" * 160
 

@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 
 from phonebridge import Agent
-from phonebridge.agent import load_agent
-from phonebridge.app import RUNTIME, make_app
-from phonebridge.config import DEFAULT_FALLBACK_SAY, ENV_VARS, Settings, config_error
+from phonebridge.agent.definition import load_agent
+from phonebridge.server.app import RUNTIME, make_app
+from phonebridge.server.config import DEFAULT_FALLBACK_SAY, ENV_VARS, Settings, config_error
 from phonebridge.errors import ConfigError
-from phonebridge.preflight import listen_problems, model_client_problems
+from phonebridge.server.preflight import listen_problems, model_client_problems
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL
 from phonebridge.testing.twilio_caller import TwilioCaller
 

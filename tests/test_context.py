@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from phonebridge.context import CallContext, RecordingCallControl, normalize_transfer_target
+from phonebridge.agent.context import CallContext, RecordingCallControl, normalize_transfer_target
 
 
 def test_for_test_context_records_hang_up_and_transfer() -> None:

@@ -46,8 +46,8 @@ async def test_the_demo_plays_the_users_own_recording_at_any_rate_and_channel_co
 
     import numpy as np
 
-    from phonebridge.agent import load_agent
-    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.agent.definition import load_agent
+    from phonebridge.demo.cli import DEFAULT_AGENT, demo_call
     from phonebridge.testing.speech import synth_speech
 
     mono = np.frombuffer(synth_speech("Hello, which pizzas are vegetarian?", 44100), dtype="<i2")
@@ -114,8 +114,8 @@ async def test_a_script_calling_tools_the_agent_lacks_is_never_ok(tmp_path):
     """What the demo did before: the pizzeria script against any agent, its tools `unknown`, and `ok`."""
     import io
 
-    from phonebridge.agent import load_agent
-    from phonebridge.demo import CALLER_LINES, Plan, demo_call
+    from phonebridge.agent.definition import load_agent
+    from phonebridge.demo.cli import CALLER_LINES, Plan, demo_call
     from phonebridge.testing.demo_script import demo_script
 
     (tmp_path / "bistro.py").write_text(BISTRO)
@@ -133,8 +133,8 @@ async def test_printed_times_are_where_the_events_are_in_the_wav(tmp_path):
 
     import numpy as np
 
-    from phonebridge.agent import load_agent
-    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.agent.definition import load_agent
+    from phonebridge.demo.cli import DEFAULT_AGENT, demo_call
 
     printed = io.StringIO()
     summary = await demo_call(load_agent(DEFAULT_AGENT), tmp_path, speed=3.0, out=printed)
@@ -155,8 +155,8 @@ async def test_printed_times_are_where_the_events_are_in_the_wav(tmp_path):
 def test_the_demo_says_which_voice_its_caller_speaks_with(tmp_path, monkeypatch):
     import io
 
-    from phonebridge.agent import load_agent
-    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.agent.definition import load_agent
+    from phonebridge.demo.cli import DEFAULT_AGENT, demo_call
     from phonebridge.testing import speech
 
     assert speech.speech_engine() == ("espeak-ng" if shutil.which("espeak-ng") else "babble")

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
 
-from phonebridge.config import Settings
+from phonebridge.server.config import Settings
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 K8S_VERSION = "1.30.0"  # the oldest minor we support; newer schemas accept these too

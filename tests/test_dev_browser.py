@@ -14,9 +14,9 @@ import pytest
 
 import numpy as np
 
-from phonebridge.app import RUNTIME
+from phonebridge.server.app import RUNTIME
 from phonebridge.audio import ulaw_decode, ulaw_encode
-from phonebridge.dev_server import DevServer
+from phonebridge.dev.server import DevServer
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.wav import write_wav
 from tests.cdp import Chromium, find_chromium

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from phonebridge.app import RUNTIME
-from phonebridge.dev_calls import CallPages, summarise, valid_name
-from phonebridge.dev_server import DevServer
+from phonebridge.server.app import RUNTIME
+from phonebridge.dev.calls import CallPages, summarise, valid_name
+from phonebridge.dev.server import DevServer
 from tests.test_dev_server import PageLeg, _events, _next, _write_agent
 
 CASSETTES = Path(__file__).with_name("cassettes")

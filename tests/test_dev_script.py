@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from phonebridge.dev_script import BUILT_IN_TOOLS, declarations_of, derived_script, example_args, example_value
+from phonebridge.dev.script import BUILT_IN_TOOLS, declarations_of, derived_script, example_args, example_value
 from phonebridge.examples.pizzeria import agent as pizzeria
 from phonebridge.testing import live_wire
 from phonebridge.testing.live_script import CallTools, Say, WaitForCaller, WaitForText
-from phonebridge.tools import all_tools
+from phonebridge.agent.tools import all_tools
 
 
 def _setup(agent) -> dict:

@@ -17,11 +17,11 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from phonebridge.agent import Agent
-from phonebridge.app import make_app
+from phonebridge.agent.definition import Agent
+from phonebridge.server.app import make_app
 from phonebridge.audio import ulaw_encode
-from phonebridge.config import Settings
-from phonebridge.dev_server import DevServer
+from phonebridge.server.config import Settings
+from phonebridge.dev.server import DevServer
 from phonebridge.errors import ConfigError
 from phonebridge.testing.playback import LegCore
 from phonebridge.testing.speech import synth_speech

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from phonebridge.config import DEFAULT_BUSY_SAY
+from phonebridge.server.config import DEFAULT_BUSY_SAY
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from phonebridge.agent import Agent, load_agent
+from phonebridge.agent.definition import Agent, load_agent
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import (
     CallTools,

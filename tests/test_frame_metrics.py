@@ -8,9 +8,9 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from phonebridge import frame_metrics
-from phonebridge.frame_metrics import FrameHistogram
-from phonebridge.metrics import FRAME_BUCKETS, Metrics
+import phonebridge.server.frame_metrics as frame_metrics
+from phonebridge.server.frame_metrics import FrameHistogram
+from phonebridge.server.metrics import FRAME_BUCKETS, Metrics
 
 
 def _samples(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

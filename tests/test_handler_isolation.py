@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from phonebridge.agent import Agent
-from phonebridge.handler_pool import HANDLER_THREADS_PER_CALL
+from phonebridge.agent.definition import Agent
+from phonebridge.agent.handler_pool import HANDLER_THREADS_PER_CALL
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_script import (
     CallTools,

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from google.genai import types
 
-from phonebridge.context import CallContext
-from phonebridge.handler_pool import DaemonThreadExecutor, HandlerPool
-from phonebridge.tools import ToolDispatcher, ToolRegistry
+from phonebridge.agent.context import CallContext
+from phonebridge.agent.handler_pool import DaemonThreadExecutor, HandlerPool
+from phonebridge.agent.tools import ToolDispatcher, ToolRegistry
 
 TIMEOUT = {"error": "The hang tool did not answer within 0.3 seconds and was stopped."}
 

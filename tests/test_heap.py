@@ -10,7 +10,7 @@ import threading
 import pytest
 from aiohttp import web
 
-from phonebridge.heap import HeapTrimmer, heap_free_bytes, malloc_trim
+from phonebridge.server.heap import HeapTrimmer, heap_free_bytes, malloc_trim
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from phonebridge.audio import ulaw_decode
-from phonebridge.hold import HoldSound
+from phonebridge.call.hold import HoldSound
 from phonebridge.testing.speech import rms_dbfs
 
 LOOP_FRAMES = 100  # two seconds of 20 ms frames

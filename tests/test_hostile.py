@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
-from phonebridge import twilio
-from phonebridge.agent import Agent
-from phonebridge.app import MAX_FRAME_BYTES
+import phonebridge.twilio.protocol as twilio
+from phonebridge.agent.definition import Agent
+from phonebridge.server.app import MAX_FRAME_BYTES
 from phonebridge.errors import TwilioProtocolError
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, BridgeHarness
 from phonebridge.testing.live_script import (

@@ -74,7 +74,7 @@ def _targets(node: ast.Import | ast.ImportFrom, here: str, is_package: bool, kno
     for alias in node.names:
         submodule = f"{base}.{alias.name}"
         if submodule in known:
-            yield submodule  # `from phonebridge import replay` imports the module phonebridge.replay
+            yield submodule  # `from phonebridge import replay` imports the module phonebridge.cassette.replay
         elif base in known:
             yield base
 
@@ -167,11 +167,11 @@ def test_function_local_imports_add_no_cycle_beyond_the_known_ones() -> None:
 def test_the_graph_sees_what_the_package_imports() -> None:
     # The reader itself: a cycle test over a graph with no edges would pass on anything.
     graph, lazy = import_graph(), import_graph(local=True)
-    assert "phonebridge.errors" in graph["phonebridge.call_core"]
+    assert "phonebridge.errors" in graph["phonebridge.call.core"]
     assert "phonebridge.testing.harness" in graph["phonebridge.testing.replay"]
-    assert "phonebridge.agent" not in graph["phonebridge"]  # under `if TYPE_CHECKING:` only
-    assert "phonebridge.agent" in lazy["phonebridge"]  # ...and in the lazy __getattr__
-    assert "phonebridge.app" not in graph["phonebridge.cli"] and "phonebridge.app" in lazy["phonebridge.serving"]
+    assert "phonebridge.agent.definition" not in graph["phonebridge"]  # under `if TYPE_CHECKING:` only
+    assert "phonebridge.agent.definition" in lazy["phonebridge"]  # ...and in the lazy __getattr__
+    assert "phonebridge.server.app" not in graph["phonebridge.cli"] and "phonebridge.server.app" in lazy["phonebridge.server.serving"]
 
 
 def test_the_reader_finds_imports_in_every_kind_of_block() -> None:
@@ -202,10 +202,10 @@ async def f():
 
 
 def test_the_moved_replay_command_says_where_it_went() -> None:
-    import phonebridge.replay
+    import phonebridge.cassette.replay
 
-    with pytest.raises(AttributeError, match="import it from phonebridge.replay_cli"):
-        phonebridge.replay.run_replay  # noqa: B018
+    with pytest.raises(AttributeError, match="import it from phonebridge.cassette.replay_cli"):
+        phonebridge.cassette.replay.run_replay  # noqa: B018
 
 
 def test_cycles_are_found_and_printed() -> None:

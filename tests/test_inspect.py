@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from phonebridge.cli import main
-from phonebridge.inspect_audio import MAX_BUCKETS
-from phonebridge.inspect_html import render_html
-from phonebridge.inspect_model import build_timeline
-from phonebridge.recording import Cassette, CassetteError, Record, load_cassette
+from phonebridge.inspector.audio import MAX_BUCKETS
+from phonebridge.inspector.html import render_html
+from phonebridge.inspector.model import build_timeline
+from phonebridge.cassette.record import Cassette, CassetteError, Record, load_cassette
 
 CASSETTES = Path(__file__).parent / "cassettes"
 
@@ -256,8 +256,8 @@ def test_a_missing_cassette_or_unwritable_output_is_one_line_and_exit_2(tmp_path
 async def test_the_demo_writes_call_html_beside_call_wav(tmp_path):
     import io
 
-    from phonebridge.agent import load_agent
-    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.agent.definition import load_agent
+    from phonebridge.demo.cli import DEFAULT_AGENT, demo_call
 
     out = io.StringIO()
     summary = await demo_call(load_agent(DEFAULT_AGENT), tmp_path, speed=20.0, out=out)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import websockets
 
-from phonebridge.inspect_cli import write_call_html
+from phonebridge.inspector.cli import write_call_html
 
 CASSETTES = Path(__file__).parent / "cassettes"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)

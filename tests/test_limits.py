@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 from google import genai
 
-from phonebridge.agent import Agent
-from phonebridge.config import Settings
-from phonebridge.model import REPLAY_FRAMES, LiveLink
+from phonebridge.agent.definition import Agent
+from phonebridge.server.config import Settings
+from phonebridge.live.link import REPLAY_FRAMES, LiveLink
 from phonebridge.testing.harness import ACCOUNT_SID, AUTH_TOKEN, PUBLIC_URL, BridgeHarness
 from phonebridge.testing.live_script import CallTools, Say, Script, ToolCallSpec, WaitForText
 from tests.test_hostile import CONNECTED, media_socket_headers, start_frame

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from google import genai
 
-from phonebridge.live_resend import REPLAY_BYTES
-from phonebridge.model import LiveLink
-from phonebridge.model_wire import audio_events
+from phonebridge.live.resend import REPLAY_BYTES
+from phonebridge.live.link import LiveLink
+from phonebridge.live.wire import audio_events
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_emulator import LiveEmulator, LiveQuirks
 from phonebridge.testing.live_script import (
@@ -36,7 +36,7 @@ def live_stats(h: BridgeHarness) -> Any:
 
 @pytest.mark.parametrize("quirks", [DOCUMENTED, UNFINISHED], ids=["finished", "unfinished"])
 async def test_the_callers_line_is_written_when_the_model_answers_with_or_without_finished(quirks, caplog):
-    caplog.set_level(logging.INFO, logger="phonebridge.call")
+    caplog.set_level(logging.INFO, logger="phonebridge.call.state")
     events: list[tuple[str, dict[str, Any]]] = []
     script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Hear("Do you sell bread?"),
                      Say("Yes, every morning.")])

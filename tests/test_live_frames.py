@@ -17,9 +17,9 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 
-from phonebridge import live_frames
-from phonebridge.agent import Agent
-from phonebridge.model import LiveLink, audio_message
+import phonebridge.live.frames as live_frames
+from phonebridge.agent.definition import Agent
+from phonebridge.live.link import LiveLink, audio_message
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import Script, WaitForText
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from google.genai import types
 
-from phonebridge.agent import Agent
-from phonebridge.live_config import (
+from phonebridge.agent.definition import Agent
+from phonebridge.live.config import (
     FOLD_MAX_CHARS, HistoryMode, Opening, after_refusal, build_config, fold_history, opening,
 )
-from phonebridge.live_resend import REPLAY_BYTES, REPLAY_FRAMES, ResendBuffer
+from phonebridge.live.resend import REPLAY_BYTES, REPLAY_FRAMES, ResendBuffer
 
 CC, INSTR, NONE = HistoryMode.CLIENT_CONTENT, HistoryMode.INSTRUCTION, HistoryMode.NONE
 

@@ -8,8 +8,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from phonebridge.call_services import CallStats
-from phonebridge.metrics import UNKNOWN_TOOL, Metrics
+from phonebridge.call.services import CallStats
+from phonebridge.server.metrics import UNKNOWN_TOOL, Metrics
 
 
 class Clock:
@@ -150,11 +150,11 @@ async def test_metrics_after_an_emulated_call() -> None:
     """The whole bridge (aiohttp app, real genai client, LiveEmulator, TwilioCaller) feeding one Metrics."""
     import aiohttp
 
-    from phonebridge.agent import Agent
+    from phonebridge.agent.definition import Agent
     from phonebridge.testing.harness import BridgeHarness
     from phonebridge.testing.live_script import Say, Script, WaitForText
 
-    from phonebridge.app import METRICS
+    from phonebridge.server.app import METRICS
 
     agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
     script = Script([WaitForText(), Say("Hello, how can I help?")])
@@ -185,7 +185,7 @@ async def test_event_loop_lag_is_how_late_a_timer_ran() -> None:
     import asyncio
     import time
 
-    from phonebridge.app import LAG_PERIOD_S, _LoopLagWatch
+    from phonebridge.server.app import LAG_PERIOD_S, _LoopLagWatch
 
     m = Metrics()
     watch = _LoopLagWatch(m)

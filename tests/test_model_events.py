@@ -4,7 +4,7 @@ import base64
 
 from google.genai import types
 
-from phonebridge.model_events import (
+from phonebridge.live.events import (
     AudioOut, GenerationComplete, GoAway, InputText, Interrupted, OutputText, ResumptionUpdate, ToolCalls,
     ToolCancel, TurnComplete, Usage, parse_duration, translate,
 )
@@ -37,7 +37,7 @@ def test_interrupted_comes_before_audio_riding_with_it():
 
 
 def test_function_calls_arrive_as_our_own_tool_calls_stamped_with_receive_time_and_epoch():
-    from phonebridge.tool_types import ToolCall
+    from phonebridge.call.tool_types import ToolCall
 
     msg = message({
         "server_content": {"interrupted": True},

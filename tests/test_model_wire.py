@@ -16,13 +16,13 @@ from google import genai
 from google.genai import errors as genai_errors
 from google.genai import types
 
-from phonebridge.agent import Agent
-from phonebridge.app import NO_COMPRESSION
-from phonebridge.model import AUDIO_MIME, LiveLink, audio_message
-from phonebridge.model_events import AudioOut, OutputText, TurnComplete, translate
-from phonebridge.model_events import GoAway as GoAwayEvent
+from phonebridge.agent.definition import Agent
+from phonebridge.server.app import NO_COMPRESSION
+from phonebridge.live.link import AUDIO_MIME, LiveLink, audio_message
+from phonebridge.live.events import AudioOut, OutputText, TurnComplete, translate
+from phonebridge.live.events import GoAway as GoAwayEvent
 from phonebridge.errors import ModelProtocolError
-from phonebridge.model_wire import SessionReader, audio_events, reader_for, sdk_message, wire_events
+from phonebridge.live.wire import SessionReader, audio_events, reader_for, sdk_message, wire_events
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (
     CallTools, GoAway, Hear, Say, Script, ToolCallSpec, Usage, WaitForText,

@@ -10,8 +10,9 @@ import stat
 import pytest
 from google.genai import types
 
-from phonebridge import __version__, twilio
-from phonebridge.recording import (
+from phonebridge import __version__
+import phonebridge.twilio.protocol as twilio
+from phonebridge.cassette.record import (
     CallRecorder, CassetteError, cassette_header, decode_bytes, encode_record, load_cassette, recorder_factory,
 )
 

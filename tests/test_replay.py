@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from phonebridge.agent import Agent, load_agent
+from phonebridge.agent.definition import Agent, load_agent
 from phonebridge.cli import main
-from phonebridge.recording import load_cassette
-from phonebridge.replay import Conduct, compare, conduct_of, twilio_runs
+from phonebridge.cassette.record import load_cassette
+from phonebridge.cassette.replay import Conduct, compare, conduct_of, twilio_runs
 from phonebridge.testing import assert_replays, replay_cassette
 from tests.cassettes.make_cassettes import make_agent
 
@@ -118,7 +118,7 @@ def test_cli_exit_code_is_zero_only_on_a_match(tmp_path, capsys):
 async def test_the_demo_call_replays_from_the_cassette_it_wrote(tmp_path):
     import io
 
-    from phonebridge.demo import DEFAULT_AGENT, demo_call
+    from phonebridge.demo.cli import DEFAULT_AGENT, demo_call
 
     agent = load_agent(DEFAULT_AGENT)
     summary = await demo_call(agent, tmp_path, speed=20.0, out=io.StringIO())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 
-from phonebridge.agent import Agent
+from phonebridge.agent.definition import Agent
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (
@@ -174,7 +174,7 @@ async def test_a_sixty_minute_call_rotates_connections_and_loses_no_turn():
 async def test_go_away_while_the_model_speaks_switches_at_the_deadline_and_cuts_the_turn_cleanly():
     from prometheus_client.parser import text_string_to_metric_families
 
-    from phonebridge.app import METRICS
+    from phonebridge.server.app import METRICS
 
     long_answer = "This answer goes on and on while the server is about to go away. " * 3
     script = Script([WaitForText(), Say(long_answer), WaitForCaller(), Hear("hello?"), Say("Sorry, go on.")])

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from phonebridge.errors import ConfigError, TwilioApiError
-from phonebridge.rest import TwilioRest, dial_twiml
+from phonebridge.twilio.rest import TwilioRest, dial_twiml
 
 ACCOUNT, TOKEN = "AC" + "1" * 32, "secret-token"
 PREFIX = f"/2010-04-01/Accounts/{ACCOUNT}"

@@ -9,9 +9,9 @@ import pydantic
 import pytest
 from google.genai import types
 
-from phonebridge.context import CallContext
+from phonebridge.agent.context import CallContext
 from phonebridge.errors import ConfigError, ToolArgumentError
-from phonebridge.schema import HandlerSignature, inspect_handler, parse_docstring
+from phonebridge.agent.schema import HandlerSignature, inspect_handler, parse_docstring
 
 
 class Size(enum.Enum):

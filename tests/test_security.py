@@ -17,12 +17,12 @@ import pytest
 from aiohttp import web
 from twilio.request_validator import RequestValidator
 
-from phonebridge.agent import Agent
-from phonebridge.app import METRICS, make_app
-from phonebridge.config import DEFAULT_BUSY_SAY, Settings
-from phonebridge.context import CallContext
+from phonebridge.agent.definition import Agent
+from phonebridge.server.app import METRICS, make_app
+from phonebridge.server.config import DEFAULT_BUSY_SAY, Settings
+from phonebridge.agent.context import CallContext
 from phonebridge.errors import ConfigError
-from phonebridge.logs import setup_logging
+from phonebridge.server.logs import setup_logging
 from phonebridge.testing.harness import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -442,7 +442,7 @@ async def test_a_webhook_signed_under_webhook_rules_with_a_configured_shared_key
 async def test_an_outbound_call_s_webhook_issues_its_token_and_carries_its_parameters() -> None:
     """`phonebridge call` gives Twilio the voice webhook's URL (the CallSid, which the token covers, exists only
     once the call is created); when Twilio fetches it, the TwiML carries --param values and the token."""
-    from phonebridge.twilio_cli import outbound_url
+    from phonebridge.twilio.number_cli import outbound_url
 
     url = outbound_url(Settings(public_url=PUBLIC_URL), {"purpose": "reminder"})
     assert url == PUBLIC_URL + "/twilio/voice?direction=outbound&purpose=reminder"

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from phonebridge.handler_pool import HANDLER_THREADS_PER_CALL
+from phonebridge.agent.handler_pool import HANDLER_THREADS_PER_CALL
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (
     CallTools,

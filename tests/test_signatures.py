@@ -10,7 +10,7 @@ import pytest
 from multidict import MultiDict
 
 from phonebridge.errors import ConfigError
-from phonebridge.signatures import SignatureChecker
+from phonebridge.twilio.signatures import SignatureChecker
 
 # Twilio's documented example: token 12345, this URL and form give exactly this signature.
 DOC_TOKEN = "12345"
@@ -208,7 +208,7 @@ def test_settings_without_a_key_mean_the_auth_token_under_the_named_algorithm() 
 
 
 def test_shared_keys_setting_is_parsed_or_refused() -> None:
-    from phonebridge.signatures import parse_shared_keys
+    from phonebridge.twilio.signatures import parse_shared_keys
 
     assert parse_shared_keys(None) == {}
     assert parse_shared_keys(" a=x , b=y=z ") == {"a": "x", "b": "y=z"}

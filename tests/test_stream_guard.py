@@ -8,10 +8,10 @@ import hmac
 
 import pytest
 
-from phonebridge import twilio
+import phonebridge.twilio.protocol as twilio
 from phonebridge.errors import ConfigError
-from phonebridge.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
-from phonebridge.stream_guard import IdleWatch, SparseLog, StreamGuard, agent_parameters
+from phonebridge.twilio.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
+from phonebridge.twilio.stream_guard import IdleWatch, SparseLog, StreamGuard, agent_parameters
 
 ACCOUNT = "AC" + "1" * 32
 CALL = "CA" + "2" * 32

@@ -13,9 +13,9 @@ import pydantic
 import pytest
 from google.genai import types
 
-from phonebridge.context import CallContext
-from phonebridge.handler_pool import HandlerPool
-from phonebridge.tools import ToolDispatcher, ToolRegistry
+from phonebridge.agent.context import CallContext
+from phonebridge.agent.handler_pool import HandlerPool
+from phonebridge.agent.tools import ToolDispatcher, ToolRegistry
 
 CALL_SID = "CA" + "f" * 32
 INTERNAL = {"error": "The {} tool failed with an internal error. Tell the caller it could not be done right now "
@@ -38,7 +38,7 @@ def pool() -> Iterator[HandlerPool]:
 
 def call_logger() -> logging.LoggerAdapter[logging.Logger]:
     """The call's logger, as the bridge makes it: every line carries the call's identity."""
-    return logging.LoggerAdapter(logging.getLogger("phonebridge.bridge"), {"call_sid": CALL_SID})
+    return logging.LoggerAdapter(logging.getLogger("phonebridge.call.bridge"), {"call_sid": CALL_SID})
 
 
 def raising(exc: BaseException, *, is_async: bool) -> ToolRegistry:
@@ -189,7 +189,7 @@ def test_non_finite_floats_become_strings_not_the_invalid_json_the_sdk_would_sen
     # json.dumps (the SDK's) writes NaN and Infinity as bare words, which no strict JSON parser accepts.
     import json
 
-    from phonebridge.tools import to_response
+    from phonebridge.agent.tools import to_response
 
     response = to_response({"ratio": float("nan"), "max": [float("inf"), -float("inf")]})
     json.dumps(response, allow_nan=False)

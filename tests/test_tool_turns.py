@@ -12,14 +12,14 @@ import json
 import pytest
 from test_call_core import PCM_20MS, mark, opened, sent
 
-from phonebridge.call_core import Call
-from phonebridge.call_effects import Cleared, Observe, SendToolResponse, StartTools
-from phonebridge.hold import HoldSound
-from phonebridge.model_events import Interrupted, ToolCalls, TurnComplete
-from phonebridge.stream_guard import StreamGuard
-from phonebridge.tool_turns import MAX_KEPT_RESULTS
-from phonebridge.tool_types import ToolCall, ToolResult
-from phonebridge.tools import ToolOutcome
+from phonebridge.call.core import Call
+from phonebridge.call.effects import Cleared, Observe, SendToolResponse, StartTools
+from phonebridge.call.hold import HoldSound
+from phonebridge.live.events import Interrupted, ToolCalls, TurnComplete
+from phonebridge.twilio.stream_guard import StreamGuard
+from phonebridge.call.tool_turns import MAX_KEPT_RESULTS
+from phonebridge.call.tool_types import ToolCall, ToolResult
+from phonebridge.agent.tools import ToolOutcome
 
 MENU = ToolCall("c1", "get_menu", {"vegetarian": True})
 HOURS = ToolCall("c2", "get_hours", {})
@@ -59,7 +59,7 @@ def test_an_id_already_asked_is_neither_run_nor_answered_again(caplog):
     call.tool_finished(outcome(MENU, {"items": []}), 1.1)
     assert [type(e) for e in tool_effects(call)] == [StartTools, SendToolResponse]
     call.tool_response_sent(0, True, 1.2)
-    with caplog.at_level("WARNING", logger="phonebridge.call"):
+    with caplog.at_level("WARNING", logger="phonebridge.call.state"):
         call.receive_model(ToolCalls((MENU,)), 2.0)
     assert tool_effects(call) == []
     assert "model sent call id c1 again" in caplog.text
@@ -89,7 +89,7 @@ def test_results_of_an_older_connection_are_kept_and_answer_the_reissued_call_wi
     call.receive_model(ToolCalls((MENU,), epoch=0), 1.0)
     call.effects()
     call.epoch_changed(1)  # the link reconnected while the handler ran
-    with caplog.at_level("WARNING", logger="phonebridge.call"):
+    with caplog.at_level("WARNING", logger="phonebridge.call.state"):
         call.tool_finished(outcome(MENU, {"items": ["margherita"]}), 1.5)
     assert tool_effects(call) == []  # not sent on the wrong connection
     assert "results kept for the re-issued calls" in caplog.text

@@ -8,9 +8,9 @@ from types import MappingProxyType
 
 import pytest
 
-from phonebridge import twilio
+import phonebridge.twilio.protocol as twilio
 from phonebridge.errors import TwilioProtocolError
-from phonebridge.twilio import (
+from phonebridge.twilio.protocol import (
     FRAME_BYTES,
     Connected,
     Dtmf,

@@ -16,7 +16,7 @@ import pytest
 from phonebridge.cli import main
 from phonebridge.errors import ConfigError
 from phonebridge.testing.twilio_rest import TwilioRestEmulator
-from phonebridge.twilio_cli import e164, parse_params
+from phonebridge.twilio.number_cli import e164, parse_params
 
 ACCOUNT = "AC" + "ab" * 16
 TOKEN = "secret-token"

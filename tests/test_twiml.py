@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from phonebridge.twiml import (
+from phonebridge.twilio.twiml import (
     MAX_PARAMETER_CHARS,
     MAX_TWIML_CHARS,
     connect_stream,
@@ -186,7 +186,7 @@ def test_fallback_verbs() -> None:
 
 
 def test_the_stream_token_parameter_fits_whole() -> None:
-    from phonebridge.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
+    from phonebridge.twilio.signatures import STREAM_TOKEN_PARAMETER, StreamTokens
 
     token = StreamTokens("auth-token").issue("CA" + "1" * 32, "AC" + "2" * 32)
     document = connect_stream(URL, {STREAM_TOKEN_PARAMETER: token})

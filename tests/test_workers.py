@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from phonebridge.workers import Supervisor, default_workers, resolve_workers
+from phonebridge.server.workers import Supervisor, default_workers, resolve_workers
 
 CORES = len(os.sched_getaffinity(0))
 

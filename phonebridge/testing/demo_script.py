@@ -3,8 +3,8 @@
 `demo_script()` is Luigi's pizzeria: greeting, a question answered after a tool call, an order status after
 another, a long answer the caller cuts into, and a goodbye with end_call. It fits only an agent with the
 pizzeria's tools, so any other agent gets `derived_demo_script(...)`: the same derivation `phonebridge dev`
-uses (phonebridge.dev_script), one of the agent's own tools per caller turn with example arguments made
-from its schema, then a goodbye. The caller's side of both is in phonebridge.demo.
+uses (phonebridge.dev.script), one of the agent's own tools per caller turn with example arguments made
+from its schema, then a goodbye. The caller's side of both is in phonebridge.demo.cli.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-from phonebridge.dev_script import BUILT_IN_TOOLS, example_args
+from phonebridge.dev.script import BUILT_IN_TOOLS, example_args
 from phonebridge.testing.live_script import (
     CallTools,
     Hear,

@@ -23,10 +23,10 @@ from aiohttp import web
 from google import genai
 from google.genai import types
 
-from phonebridge.agent import Agent
-from phonebridge.app import NO_COMPRESSION, RUNTIME, Runtime, make_app
-from phonebridge.config import Settings
-from phonebridge.rest import TwilioRest
+from phonebridge.agent.definition import Agent
+from phonebridge.server.app import NO_COMPRESSION, RUNTIME, Runtime, make_app
+from phonebridge.server.config import Settings
+from phonebridge.twilio.rest import TwilioRest
 from phonebridge.testing.live_emulator import LiveEmulator, LiveQuirks
 from phonebridge.testing.live_script import Script
 from phonebridge.testing.twilio_caller import TwilioCaller

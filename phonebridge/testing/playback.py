@@ -18,7 +18,7 @@ Every method returns marks to echo *now*, in order; played audio is reported onl
 :class:`LegCore` is the rest of a simulated Twilio leg, still without I/O: it builds the frames Twilio sends
 (sequence numbers, chunks, timestamps), takes the bridge's frames (checking them as Twilio would) into the
 buffer, and records what was said and heard, and when. It does its own JSON and base64 rather than reuse
-``phonebridge.twilio``: a fake must not share the parser of the code it tests. :func:`parse_twiml` reads a
+``phonebridge.twilio.protocol``: a fake must not share the parser of the code it tests. :func:`parse_twiml` reads a
 voice webhook's answer as Twilio does.
 """
 

@@ -6,7 +6,7 @@ sent, on this model connection, at least as many non-audio messages (texts, tool
 caller audio as it had at that point of the recording; a recorded Twilio event once the bridge has sent
 Twilio at least as many frames as it had then. Recorded inbound marks are skipped: the caller's own
 playback buffer echoes the replay's marks. What the bridge does is recorded again and compared
-(phonebridge.replay).
+(phonebridge.cassette.replay).
 
     async def test_my_agent_still_handles_the_refund_call():
         await assert_replays("tests/cassettes/refund.jsonl", agent=my_agent)
@@ -28,19 +28,19 @@ from typing import Any, Callable
 
 from google.genai import types
 
-from phonebridge.agent import Agent
+from phonebridge.agent.definition import Agent
 from phonebridge.audio import ulaw_decode
 from phonebridge.errors import ToolError
-from phonebridge.recording import Cassette, Record, decode_bytes, load_cassette
-from phonebridge.replay import ReplayResult, check_replayable, compare, conduct_of
-from phonebridge.schema import HandlerSignature
+from phonebridge.cassette.record import Cassette, Record, decode_bytes, load_cassette
+from phonebridge.cassette.replay import ReplayResult, check_replayable, compare, conduct_of
+from phonebridge.agent.schema import HandlerSignature
 from phonebridge.testing.harness import BridgeHarness
 from phonebridge.testing.live_emulator import Connection, LiveEmulator
 from phonebridge.testing.live_script import Script
 from phonebridge.testing.live_state import ConnectionGone
 from phonebridge.testing.live_wire import decode_client_bytes
 from phonebridge.testing.twilio_caller import TwilioCaller
-from phonebridge.tools import ToolRegistry, ToolSpec
+from phonebridge.agent.tools import ToolRegistry, ToolSpec
 
 __all__ = ["assert_replays", "replay_cassette", "with_recorded_tools"]
 

@@ -1,6 +1,6 @@
 """TwilioRestEmulator: a local server for the Twilio REST calls phonebridge makes.
 
-The real ``twilio.rest.Client`` reaches it through :class:`phonebridge.rest.ApiBaseHttpClient`, which only
+The real ``twilio.rest.Client`` reaches it through :class:`phonebridge.twilio.rest.ApiBaseHttpClient`, which only
 rewrites scheme and host, so paths, form bodies and Basic auth are exactly what twilio sends to
 api.twilio.com. Answers use Twilio's JSON shapes and error bodies ``{"code", "message", "more_info", "status"}``.
 
@@ -12,7 +12,7 @@ Endpoints (under ``/2010-04-01/Accounts/{AccountSid}``):
 Decisions where Twilio's behaviour is not documented precisely:
 - Any update of an ended call (completed, canceled, failed, busy, no-answer), ``Status=completed`` included,
   answers 400 code 21220 "Call is not in-progress. Cannot redirect." (what Twilio answers to a hang-up of a
-  call that has already ended; phonebridge.rest treats that code as "already ended").
+  call that has already ended; phonebridge.twilio.rest treats that code as "already ended").
 - ``Status=completed`` on a queued or ringing call ends it as ``canceled``; ``Status=canceled`` on an
   in-progress call changes nothing (Twilio's documented rule).
 
@@ -35,7 +35,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from phonebridge.rest import ApiBaseHttpClient
+from phonebridge.twilio.rest import ApiBaseHttpClient
 
 API = "/2010-04-01/Accounts/{account}"
 ENDED = frozenset({"completed", "canceled", "failed", "busy", "no-answer"})

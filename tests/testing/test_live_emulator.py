@@ -447,7 +447,7 @@ async def test_quirk_input_transcription_comes_in_word_slices_without_finished(u
 
 
 async def test_quirk_audio_messages_carry_extra_fields_and_the_same_audio() -> None:
-    from phonebridge.model_wire import audio_events
+    from phonebridge.live.wire import audio_events
     from phonebridge.testing.live_emulator import LiveQuirks
 
     heard: dict[bool, bytes] = {}

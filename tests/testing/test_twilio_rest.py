@@ -11,7 +11,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from phonebridge.rest import ApiBaseHttpClient
+from phonebridge.twilio.rest import ApiBaseHttpClient
 from phonebridge.testing.twilio_rest import TwilioRestEmulator
 
 AC = "AC" + "0" * 32

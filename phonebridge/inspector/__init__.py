@@ -1,0 +1,1 @@
+"""`phonebridge inspect`: one recorded call as a self-contained HTML page."""

@@ -1,0 +1,1 @@
+"""The Gemini Live side: the only subpackage that imports google.genai (link, wire, events, config)."""
