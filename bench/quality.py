@@ -120,8 +120,10 @@ async def _sdk_costs(messages: int) -> dict[str, float]:
         base64.b64decode(json.loads(wire)["serverContent"]["modelTurn"]["parts"][0]["inlineData"]["data"])
     recv_floor_us = (time.perf_counter() - start) / messages * 1e6
     # What the bridge itself does instead (phonebridge.live.link.audio_message, phonebridge.live.wire).
-    from phonebridge.live.link import audio_message
-    from phonebridge.live.wire import wire_events
+    # The old flat paths on purpose: they resolve in this tree (phonebridge._moved) and in a baseline from
+    # before the subpackages (bench/run --baseline), where the new ones do not exist.
+    from phonebridge.model import audio_message
+    from phonebridge.model_wire import wire_events
 
     start = time.perf_counter()
     for _ in range(messages):

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, Histogram  # noqa: E402
 from websockets.asyncio.client import connect  # noqa: E402
 from websockets.asyncio.server import serve  # noqa: E402
 
-import phonebridge.live.frames as live_frames# noqa: E402
+import phonebridge.live.frames as live_frames  # noqa: E402
 from phonebridge.server.frame_metrics import FrameHistogram  # noqa: E402
 from phonebridge.server.metrics import FRAME_BUCKETS  # noqa: E402
 from phonebridge.live.link import audio_message  # noqa: E402

@@ -103,9 +103,7 @@ ALLOWED_GENAI_IMPORTERS = sorted([
     "call/services.py",  # CallServices hands a call the genai client
     "cassette/replay.py",  # rebuilds the SDK's server messages a cassette recorded
     "dev/server.py",  # a genai client pointed at the local emulator
-    "server/app.py",  # the HTTP options of the client the app is given
     "server/preflight.py",  # checks the credentials google.auth would find, before serve listens
-    "server/resources.py",  # creates and closes the app's one genai client (cleanup_ctx)
 ])
 
 

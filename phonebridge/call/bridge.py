@@ -10,18 +10,17 @@ Anything may *send* on the Twilio socket. One asyncio timer serves every deadlin
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 import phonebridge.call.effects as fx
 import phonebridge.call.tool_turns as tool_turns
-from phonebridge.call.state import HangUp, Transfer
 from phonebridge.call.core import Call
+from phonebridge.call.actions import CallActions
 from phonebridge.call.opened import Live, TwilioSocket, notify, open_recorder, record_outcome
 from phonebridge.call.services import CallServices, CallStats, Reactions
 from phonebridge.errors import ModelUnavailable
@@ -30,11 +29,7 @@ from phonebridge.twilio.stream_guard import StreamGuard
 from phonebridge.agent.tools import ToolOutcome
 
 
-async def _transfer_to(transfer: Callable[[str, str], Awaitable[Any]], target: str, call_sid: str) -> Any:
-    return await transfer(call_sid, target)
-
-
-class CallSession:
+class CallSession(CallActions):
     """Runs one Media Streams WebSocket from `start` to the end of the call."""
 
     def __init__(self, ws: web.WebSocketResponse, services: CallServices, guard: StreamGuard | None = None) -> None:
@@ -102,6 +97,10 @@ class CallSession:
                    parameters=effect.parameters)
         self._spawn(self._run_model(self._live))
 
+    def _opened(self, effect: fx.Open) -> None:
+        self._open(effect)
+        self._arm_timer()  # from the start deadline to the media one
+
     # -- the model side (LiveLink's task) and the handlers' -----------------------------------------------
 
     async def _run_model(self, live: Live) -> None:
@@ -142,13 +141,6 @@ class CallSession:
         self._reactions.tool_finished(outcome.id, outcome.started, outcome.finished)
         record_outcome(self._sock.recorder, outcome)
         self.call.tool_finished(outcome, time.monotonic())
-        self._run_effects()
-
-    async def _respond(self, effect: fx.SendToolResponse) -> None:
-        sent = self._live is not None and await self._live.link.send_tool_response(effect.results, effect.epoch)
-        if sent:
-            self._reactions.tool_response_sent([r.id for r in effect.results])
-        self.call.tool_response_sent(effect.number, sent, time.monotonic())
         self._run_effects()
 
     # -- CallControl (from handlers, on the loop) -------------------------------------------------------
@@ -202,62 +194,9 @@ class CallSession:
         if self.call.tools.moved:
             self._arm_timer()
 
-    def _run(self, effect: fx.Effect) -> Awaitable[None] | None:
-        """One effect; what it returns is awaited (or spawned) by the caller: a close before the next frame."""
-        return _EXECUTE[type(effect)](self, effect)
-
-    def _observe(self, effect: fx.Observe) -> None:
-        self._emit(effect.kind, **effect.data)
-
-    def _tools(self, effect: fx.StartTools | fx.CancelTools | fx.Cleared) -> None:
-        if self._live is not None:  # model events come only through a live link
-            self._live.run_tools(effect, self._reactions)
-
-    def _hang_up(self, effect: HangUp) -> None:
-        self._spawn(self._end_with(self._svc.hang_up, effect.reason))
-
-    def _transfer(self, effect: Transfer) -> None:
-        transfer = self._svc.transfer
-        rest = functools.partial(_transfer_to, transfer, effect.target) if transfer is not None else None
-        self._spawn(self._end_with(rest, "transfer"))
-
-    def _opened(self, effect: fx.Open) -> None:
-        self._open(effect)
-        self._arm_timer()  # from the start deadline to the media one
-
-    def _stopped(self, effect: fx.Stopped) -> None:
-        self._end()
-
-    def _refused(self, effect: fx.Refuse) -> Awaitable[None]:  # the core logged it; counted here
-        self._guarded(effect.reason)
-        self._end()
-        return self._sock.close(1008, b"stream not issued for this call")  # before the next frame is read
-
-    def _expired(self, effect: fx.Expire) -> None:  # from the timer
-        self._guarded(effect.reason)
-        if effect.reason == "media_timeout":
-            self._spawn(self._end_with(self._svc.hang_up, "the media stream went silent"))
-            return
-        self._end()
-        self._spawn(self._sock.close(1008, b"no start"))
-
-    def _guarded(self, reason: str) -> None:
-        if self._svc.metrics is not None:
-            self._svc.metrics.stream_guarded(reason)
-
     def _end(self) -> None:
         self._ended.set()
         self.call.stop_watching()
-
-    async def _end_with(self, rest_action: Callable[[str], Awaitable[Any]] | None, why: str) -> None:
-        self._log.info("ending the call: %s", why)
-        if rest_action is not None and self.stats.call_sid:
-            try:
-                await rest_action(self.stats.call_sid)
-            except Exception:  # noqa: BLE001 - still end our side of the call
-                self._log.exception("Twilio REST %s failed; closing the stream instead", why)
-        self._end()
-        await self._sock.close()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -301,11 +240,3 @@ class CallSession:
     def _emit(self, kind: str, **data: Any) -> None:
         notify(self._svc.observers, kind, data, self._log)
 
-
-# What each effect of the core's does here: one entry per type, so a new effect without one fails loudly.
-_EXECUTE: dict[type, Callable[[CallSession, Any], Awaitable[None] | None]] = {
-    fx.Observe: CallSession._observe, fx.StartTools: CallSession._tools, fx.CancelTools: CallSession._tools,
-    fx.Cleared: CallSession._tools, fx.SendToolResponse: CallSession._respond, HangUp: CallSession._hang_up,
-    Transfer: CallSession._transfer, fx.Open: CallSession._opened, fx.Stopped: CallSession._stopped,
-    fx.Refuse: CallSession._refused, fx.Expire: CallSession._expired,
-}

@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from google.genai import types
 
 import phonebridge.twilio.twiml as twiml
 from phonebridge.agent.definition import Agent
@@ -27,7 +26,9 @@ from phonebridge.call.bridge import CallSession
 from phonebridge.call.services import CallServices, CallStats
 from phonebridge.server.config import Settings
 from phonebridge.errors import SignatureError
-from phonebridge.server.resources import GenaiClientOption, ModelClient, SharedResources
+from phonebridge.live.client import NO_COMPRESSION as NO_COMPRESSION
+from phonebridge.live.client import SDK_OPTIONS, GenaiClientOption, ModelClient
+from phonebridge.server.resources import SharedResources
 from phonebridge.agent.handler_pool import HandlerPool
 from phonebridge.server.heap import HeapTrimmer
 from phonebridge.server.metrics import Metrics
@@ -44,8 +45,6 @@ log = logging.getLogger("phonebridge.server.app")
 
 VOICE_PATH, MEDIA_PATH, STATUS_PATH = "/twilio/voice", "/twilio/media", "/twilio/status"
 MAX_FRAME_BYTES = 256 * 1024  # a media frame is ~250 bytes; anything near this is hostile
-NO_COMPRESSION: dict[str, Any] = {"compression": None}  # reaches websockets.connect through the SDK
-_SDK_OPTIONS = types.HttpOptions(async_client_args=NO_COMPRESSION)  # the client made from the SDK's environment
 
 
 @dataclass
@@ -136,7 +135,7 @@ def make_app(
         _call_services, agent, registry, settings, rest, [metrics.observer, *observers], metrics,
         _recorder_factory(settings),
     )
-    shared = SharedResources(ModelClient(genai_client, _SDK_OPTIONS), build, runtime.install_services)
+    shared = SharedResources(ModelClient(genai_client, SDK_OPTIONS), build, runtime.install_services)
     app = web.Application(client_max_size=64 * 1024)
     app[RUNTIME] = runtime
     app[METRICS] = metrics
