@@ -351,7 +351,10 @@ def test_the_hold_sound_waits_for_the_agents_audio_to_play_and_is_never_marked()
 def test_the_pump_executes_every_effect_the_core_may_ask_for():
     import typing
 
-    import phonebridge.call.bridge as bridge
-    import phonebridge.call.effects as call_effects
+    import phonebridge.call.actions as actions
+    import phonebridge.call.effects as fx
+    from phonebridge.call.bridge import CallSession
 
-    assert set(bridge._EXECUTE) == set(typing.get_args(call_effects.Effect))
+    assert set(actions.EXECUTE) == set(typing.get_args(fx.Effect))
+    assert all(callable(getattr(CallSession, name)) for name in actions.EXECUTE.values())
+    assert CallSession._opened is not actions.CallActions._opened  # the pump's own, not the base's stub
