@@ -271,7 +271,7 @@ def test_refused_streams_are_logged_sparingly_through_the_apps_gate(caplog):
             return False
 
     guard = StreamGuard(tokens=NoTokens())  # type: ignore[arg-type]
-    with caplog.at_level("WARNING", logger="phonebridge.call.state"):
+    with caplog.at_level("WARNING", logger="phonebridge.call"):
         for i in range(8):
             Call(guard, 0.0).receive_twilio(start(), float(i))
     refused = [r.getMessage() for r in caplog.records if "refused the media stream" in r.getMessage()]

@@ -36,7 +36,7 @@ def live_stats(h: BridgeHarness) -> Any:
 
 @pytest.mark.parametrize("quirks", [DOCUMENTED, UNFINISHED], ids=["finished", "unfinished"])
 async def test_the_callers_line_is_written_when_the_model_answers_with_or_without_finished(quirks, caplog):
-    caplog.set_level(logging.INFO, logger="phonebridge.call.state")
+    caplog.set_level(logging.INFO, logger="phonebridge.call")
     events: list[tuple[str, dict[str, Any]]] = []
     script = Script([WaitForText(), Say("Hello."), WaitForCaller(), Hear("Do you sell bread?"),
                      Say("Yes, every morning.")])

@@ -12,11 +12,11 @@ from phonebridge.testing.live_script import Say, Script, WaitForText
 
 
 def test_json_lines_carry_the_call_sid_and_extra_fields():
-    record = logging.LogRecord("phonebridge.call.state", logging.INFO, __file__, 1, "caller pressed %s", ("4",), None)
+    record = logging.LogRecord("phonebridge.call", logging.INFO, __file__, 1, "caller pressed %s", ("4",), None)
     record.call_sid = "CA123"
     line = json.loads(JsonFormatter().format(record))
     assert line["msg"] == "caller pressed 4" and line["call_sid"] == "CA123"
-    assert line["level"] == "info" and line["logger"] == "phonebridge.call.state" and line["ts"].endswith("Z")
+    assert line["level"] == "info" and line["logger"] == "phonebridge.call" and line["ts"].endswith("Z")
 
 
 async def test_every_call_event_is_logged_with_its_call_sid_and_a_summary_line(caplog):
@@ -27,7 +27,7 @@ async def test_every_call_event_is_logged_with_its_call_sid_and_a_summary_line(c
             await h.emulator.wait_for(lambda: any(c.turns_spoken == 1 for c in h.emulator.conversations))
             await caller.wait_for(lambda c: c.heard_seconds > 0.3 and c.playback_idle)
         await h.wait_idle()
-    call_records = [r for r in caplog.records if r.name == "phonebridge.call.state"]
+    call_records = [r for r in caplog.records if r.name == "phonebridge.call"]
     messages = [r.getMessage() for r in call_records]
     assert any(m.startswith("call started") for m in messages)
     assert any("agent: Hello there." in m for m in messages)

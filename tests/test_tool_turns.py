@@ -59,7 +59,7 @@ def test_an_id_already_asked_is_neither_run_nor_answered_again(caplog):
     call.tool_finished(outcome(MENU, {"items": []}), 1.1)
     assert [type(e) for e in tool_effects(call)] == [StartTools, SendToolResponse]
     call.tool_response_sent(0, True, 1.2)
-    with caplog.at_level("WARNING", logger="phonebridge.call.state"):
+    with caplog.at_level("WARNING", logger="phonebridge.call"):
         call.receive_model(ToolCalls((MENU,)), 2.0)
     assert tool_effects(call) == []
     assert "model sent call id c1 again" in caplog.text
@@ -89,7 +89,7 @@ def test_results_of_an_older_connection_are_kept_and_answer_the_reissued_call_wi
     call.receive_model(ToolCalls((MENU,), epoch=0), 1.0)
     call.effects()
     call.epoch_changed(1)  # the link reconnected while the handler ran
-    with caplog.at_level("WARNING", logger="phonebridge.call.state"):
+    with caplog.at_level("WARNING", logger="phonebridge.call"):
         call.tool_finished(outcome(MENU, {"items": ["margherita"]}), 1.5)
     assert tool_effects(call) == []  # not sent on the wrong connection
     assert "results kept for the re-issued calls" in caplog.text

@@ -59,7 +59,7 @@ def test_register_name_override_duplicates_and_missing_docstring(caplog: pytest.
     def f() -> None:
         pass
 
-    with caplog.at_level(logging.WARNING, logger="phonebridge.agent.tools"):
+    with caplog.at_level(logging.WARNING, logger="phonebridge.tools"):
         registry.register(f, name="first", description=None)
     assert "tool 'first' has no docstring" in caplog.text
     with pytest.raises(ConfigError, match="two tools are named 'first'"):
@@ -173,7 +173,7 @@ async def test_each_failure_mode_gets_an_answer(caplog: pytest.LogCaptureFixture
     for fn in (boom, refuse, typed):
         registry.register(fn)
     d, _ = dispatcher(registry)
-    with caplog.at_level(logging.ERROR, logger="phonebridge.agent.tools"):
+    with caplog.at_level(logging.ERROR, logger="phonebridge.tools"):
         out = await d.dispatch([fc("boom", "1"), fc("refuse", "2"), fc("typed", "3", n="x"), fc("nope", "4")])
     assert responses(out) == [
         ("1", "boom", {"error": "The boom tool failed with an internal error. Tell the caller it could not be "

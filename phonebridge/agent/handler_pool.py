@@ -43,7 +43,7 @@ HANDLER_THREADS_PER_CALL = 4
 DEFAULT_JOIN_S = 2.0  # how long the loop's default executor waits for its threads at shutdown
 WARN_EVERY = 100  # "every thread is busy" is logged the first time, then every hundredth time
 
-_log = logging.getLogger("phonebridge.agent.handler_pool")
+_log = logging.getLogger("phonebridge.handler_pool")
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 

@@ -43,7 +43,7 @@ __all__ = [
     "to_response",
 ]
 
-_log = logging.getLogger("phonebridge.agent.tools")
+_log = logging.getLogger("phonebridge.tools")
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,127}")
 Status = Literal["ok", "error", "timeout", "unknown", "invalid", "cancelled"]
 Logger = logging.Logger | logging.LoggerAdapter[logging.Logger]

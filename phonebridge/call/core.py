@@ -43,7 +43,7 @@ from phonebridge.live.events import (
 from phonebridge.twilio.stream_guard import IdleWatch, StreamGuard, agent_parameters
 from phonebridge.call.tool_turns import HOLD_AFTER_RESPONSE_MAX_S, ToolTurns
 
-log = logging.getLogger("phonebridge.call.state")
+log = logging.getLogger("phonebridge.call")
 
 _NOTHING: tuple[Any, ...] = ()
 

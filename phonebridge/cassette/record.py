@@ -45,7 +45,7 @@ from phonebridge import __version__
 import phonebridge.twilio.protocol as twilio
 from phonebridge.errors import PhonebridgeError
 
-log = logging.getLogger("phonebridge.cassette.record")
+log = logging.getLogger("phonebridge.recording")
 
 CASSETTE_VERSION = 1
 FLUSH_INTERVAL_S = 1.0

@@ -39,7 +39,7 @@ from aiohttp import web
 from phonebridge.server.app import RUNTIME, Runtime
 from phonebridge.errors import PhonebridgeError
 
-log = logging.getLogger("phonebridge.dev.cli")
+log = logging.getLogger("phonebridge.dev")
 
 # The recorder's names: a sanitised CallSid (at most 64 of [A-Za-z0-9_-]), maybe `-N` for a repeat.
 CASSETTE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}(?:-[0-9]{1,3})?\.jsonl(?:\.gz)?")

@@ -37,7 +37,7 @@ from phonebridge.server.app import MEDIA_PATH, RUNTIME, VOICE_PATH
 from phonebridge.dev.calls import CallPages
 from phonebridge.twilio.signatures import SignatureChecker
 
-log = logging.getLogger("phonebridge.dev.cli")
+log = logging.getLogger("phonebridge.dev")
 
 SOFTPHONE_DIR = Path(__file__).parent.parent / "softphone"
 DEV_ACCOUNT_SID = "AC" + "d" * 32

@@ -23,7 +23,7 @@ from phonebridge.dev.script import declarations_of, derived_script
 from phonebridge.errors import ConfigError
 from phonebridge.twilio.signatures import SignatureChecker
 
-log = logging.getLogger("phonebridge.dev.cli")
+log = logging.getLogger("phonebridge.dev")
 
 HOST = "127.0.0.1"  # never anything else: the page's token is the only lock, and getUserMedia wants loopback
 POLL_S = 0.5
@@ -195,7 +195,7 @@ class _DropHttpWarning(logging.Filter):
 @contextlib.contextmanager
 def _quiet_http_public_url() -> Any:
     """Settings warn that an http public URL is unreachable for Twilio: true, and beside the point here."""
-    config_log, dropper = logging.getLogger("phonebridge.server.config"), _DropHttpWarning()
+    config_log, dropper = logging.getLogger("phonebridge.config"), _DropHttpWarning()
     config_log.addFilter(dropper)
     try:
         yield

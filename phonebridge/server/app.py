@@ -41,7 +41,7 @@ from phonebridge.twilio.signatures import (
 from phonebridge.twilio.stream_guard import SparseLog, StreamGuard
 from phonebridge.agent.tools import ToolRegistry, all_tools
 
-log = logging.getLogger("phonebridge.server.app")
+log = logging.getLogger("phonebridge.app")
 
 VOICE_PATH, MEDIA_PATH, STATUS_PATH = "/twilio/voice", "/twilio/media", "/twilio/status"
 MAX_FRAME_BYTES = 256 * 1024  # a media frame is ~250 bytes; anything near this is hostile

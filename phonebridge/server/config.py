@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import phonebridge.twilio.twiml as twiml
 from phonebridge.errors import ConfigError
 
-log = logging.getLogger("phonebridge.server.config")
+log = logging.getLogger("phonebridge.config")
 
 DEFAULT_FALLBACK_SAY = "Sorry, our assistant can't take your call right now. Please try again in a few minutes."
 DEFAULT_BUSY_SAY = "Sorry, all our lines are busy right now. Please call again in a few minutes."

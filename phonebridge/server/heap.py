@@ -25,7 +25,7 @@ from aiohttp import web
 TRIM_PERIOD_S = 60.0
 MIN_FREE_BYTES = 16 << 20
 
-log = logging.getLogger("phonebridge.server.heap")
+log = logging.getLogger("phonebridge.heap")
 
 
 class _MallInfo2(ctypes.Structure):

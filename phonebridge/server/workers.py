@@ -32,7 +32,7 @@ from types import FrameType
 from phonebridge.server.config import Settings
 from phonebridge.server.serving import run_loop, serve
 
-log = logging.getLogger("phonebridge.server.workers")
+log = logging.getLogger("phonebridge.workers")
 
 MIN_UPTIME_S = 5.0
 KILL_GRACE_S = 10.0

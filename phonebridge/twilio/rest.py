@@ -26,7 +26,7 @@ from twilio.twiml.voice_response import Dial, VoiceResponse
 from phonebridge.agent.context import normalize_transfer_target
 from phonebridge.errors import ConfigError, TwilioApiError
 
-_log = logging.getLogger("phonebridge.twilio.rest")
+_log = logging.getLogger("phonebridge.rest")
 
 
 class ApiBaseHttpClient(TwilioHttpClient):  # type: ignore[misc]  # twilio is untyped (Any)
