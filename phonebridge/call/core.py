@@ -204,7 +204,7 @@ class Call:
             self.stats.outcome = why
             self._effects.append(Expire(why))
         self._act(self.state.tick(now))
-        for ulaw in self.tools.handle_timer(now, self.state.all_played):
+        for ulaw in self.tools.handle_timer(now, self.may_hold()):
             self._frames.append(self.hold_frame(ulaw))
 
     def _guarded(self, now: float, message: str, *args: Any) -> None:

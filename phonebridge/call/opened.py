@@ -51,9 +51,10 @@ class Live:
     ) -> Live:
         """Raises ModelUnavailable when the model cannot be reached at all (no usable credentials)."""
         start, params = effect.start, effect.parameters
+        direction = params.get("Direction", "inbound")
         context = CallContext(
             call_sid=start.call_sid, stream_sid=start.stream_sid, from_number=params.get("From", ""),
-            to_number=params.get("To", ""), direction=params.get("Direction", "inbound"), parameters=params,
+            to_number=params.get("To", ""), direction=direction, parameters=params,
             _control=control,
         )
         client = services.genai_client()
@@ -67,7 +68,6 @@ class Live:
             tap=recorder.record if recorder is not None else None,
             on_reconnect=lambda cause: on_reconnect(cause, link.epoch),
         )
-        direction = params.get("Direction", "inbound")
         if services.log_caller_numbers:
             log.info("call started (stream %s, %s, from %s to %s)", start.stream_sid, direction,
                      params.get("From", "?"), params.get("To", "?"))
