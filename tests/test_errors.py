@@ -28,7 +28,7 @@ SIDES = {
 # Catch-only bases: raised through their subclasses, never directly.
 ABSTRACT = {"ProtocolError", "RemoteProtocolError"}
 
-# None left: the last one (the cancelled model-link task in call_open.Live.run) now logs what it caught.
+# None left: the last one (the cancelled model-link task in phonebridge.call.opened.Live.run) now logs what it caught.
 KNOWN_BROAD_SUPPRESS: set[tuple[str, str]] = set()
 
 BROAD = {"Exception", "BaseException"}

@@ -1,4 +1,4 @@
-"""live_frames: the direct audio frame is, byte for byte unmasked, what websockets' own `send` writes, and it
+"""phonebridge.live.frames: the direct audio frame is, byte for byte unmasked, what websockets' own `send` writes, and it
 steps aside (writes nothing, returns False) whenever `send` would wait or raise."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The model link's pure rules: how a refusal is read (live_config) and what is sent again (live_resend)."""
+"""The model link's pure rules: how a refusal is read (phonebridge.live.config) and what is sent again (phonebridge.live.resend)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """The Live session: the only module that drives google.genai's live API.
 
-`LiveLink` keeps one logical conversation alive across connections (`live_config.build_config` says what
+`LiveLink` keeps one logical conversation alive across connections (`config.build_config` says what
 each one asks for): it resumes with the latest handle on `goAway` or on a dropped connection, and falls back
 to a fresh session given the transcript when the service refuses the handle (as clientContent, or folded
-into the system instruction when that is refused too: live_config says how each refusal is read).
+into the system instruction when that is refused too: config.py says how each refusal is read).
 
 A handle stands for the session's state when the service issued it; what the client sent after that is not
 in it. So the link keeps the caller audio and texts sent since the last handle (bounded) and sends them again
@@ -240,7 +240,7 @@ class LiveLink:
                     self._on_reconnect(cause)
 
     def _refusal_moves_on(self, exc: Exception) -> bool:
-        """Whether `exc` refused the way the last connection opened (live_config.after_refusal), and so changed
+        """Whether `exc` refused the way the last connection opened (config.after_refusal), and so changed
         how the next one opens. A 1007/1008 after the conversation went on is about a message: the handle stays."""
         code = exc.code if isinstance(exc, genai_errors.APIError) else None
         step = after_refusal(self._opened, self._history_mode, code, self._heard)

@@ -100,7 +100,7 @@ def wire_events(
     data: dict[str, Any], convert: Converter = sdk_message, received_at: float = 0.0, epoch: int = 0
 ) -> tuple[list[ModelEvent], Any]:
     """The events of one decoded server message, and the SDK's message when it was built (else None).
-    `received_at` and `epoch` stamp the events that carry them (model_events); the audio path's carry none."""
+    `received_at` and `epoch` stamp the events that carry them (events.py); the audio path's carry none."""
     events = audio_events(data)
     if events is not None:
         return events, None

@@ -1,7 +1,7 @@
 """make_app(settings, agent) -> web.Application: routes, signature checks, limits, lifecycle.
 
 Composed, not subclassed: typed app state lives under web.AppKey; the resources calls share (the handler
-pool, the genai client) are opened at start-up and closed at cleanup by a cleanup context (app_resources.py),
+pool, the genai client) are opened at start-up and closed at cleanup by a cleanup context (resources.py),
 not made here: an app that never starts holds none of them.
 """
 
