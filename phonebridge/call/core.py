@@ -306,7 +306,7 @@ class Call:
             self._effects.append(Observe("tool_call", {"id": call.id, "name": call.name, "args": dict(call.args or {})}))
         self.tools.calls(event.calls, event.epoch, now, event.received_at)
 
-    def tool_finished(self, outcome: Any, now: float = 0.0) -> None:
+    def tool_finished(self, outcome: Any, now: float) -> None:
         """A started handler's outcome (phonebridge.agent.tools.ToolOutcome): observed, and its call answered."""
         self._effects.append(Observe("tool_result", {
             "id": outcome.id, "name": outcome.name, "status": outcome.status, "response": outcome.response,
