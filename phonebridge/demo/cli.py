@@ -180,10 +180,11 @@ async def _converse(caller: Any, plan: Plan, said: list[bytes], speed: float, *,
 
 async def _caller_side(caller: Any, plan: Plan, said: list[bytes], speed: float) -> None:
     timeout = 60.0 if math.isinf(speed) else 120.0 / speed + 30
-    # The agent's turn is over after 0.8 s of its silence (call time), but never less than 0.15 s of wall time:
+    # The agent's turn is over after 0.8 s of its silence (call time), but never less than 0.3 s of wall time:
     # at --speed 20 that would be 40 ms, and a busy machine stalls that long mid-turn, so the caller
-    # would start talking over the agent (a barge-in nobody scripted).
-    quiet_s = 0.0 if math.isinf(speed) else max(0.8 / speed, 0.15)
+    # would start talking over the agent (a barge-in nobody scripted). 0.15 s still let a suite running
+    # beside three others (load average 3+) stall past it once in the greeting.
+    quiet_s = 0.0 if math.isinf(speed) else max(0.8 / speed, 0.3)
     *lines, last = said
     await _agent_turn(caller, quiet_s, timeout)  # the greeting
     for index, line in enumerate(lines):
