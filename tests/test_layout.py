@@ -27,6 +27,7 @@ def _strict_modules() -> list[str]:
 STRICT_BUT_IO = {
     "phonebridge.cassette.record": "writes the cassette file as the call goes (a thread-free append)",
     "phonebridge.live.wire": "reads the Live socket itself, so the commonest message skips the SDK's parse",
+    "phonebridge.server.ws_frames": "writes a drain's Twilio frames to aiohttp's transport itself, in one write",
 }
 
 

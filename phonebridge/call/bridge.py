@@ -174,8 +174,9 @@ class CallSession(CallActions):
 
     async def _drain(self) -> None:
         # Sent in order from the calling task: a clear goes out in the same loop turn as `interrupted`.
-        for frame in self.call.twilio_to_send():
-            await self._sock.send(frame)
+        frames = self.call.twilio_to_send()
+        if frames:  # one socket write for all of them (a chunk of audio is two media frames and maybe a mark)
+            await self._sock.send_all(frames)
         messages = self.call.model_to_send()
         if messages and self._live is not None:  # no model: nothing to tell it
             await self._live.tell(messages, self._log)
