@@ -58,7 +58,8 @@ def audio_payload(pcm16k: bytes) -> bytes:
     return _HEAD + base64.urlsafe_b64encode(pcm16k) + _TAIL
 
 
-# A response nested deeper takes the SDK's path: its converters recurse in Python (at ~990 levels they raise).
+# Containers nested deeper than this inside a response take the SDK's path: its converters recurse in Python
+# (at ~990 levels they raise RecursionError), and so does the check here.
 MAX_DIRECT_DEPTH = 64
 
 
@@ -106,7 +107,7 @@ def _plain(value: Any, depth: int) -> bool:
         return True
     if kind is float:
         return math.isfinite(value)
-    if depth >= MAX_DIRECT_DEPTH:
+    if depth > MAX_DIRECT_DEPTH:
         return False
     if kind is dict:
         return all(type(key) is str and _plain(item, depth + 1) for key, item in value.items())
