@@ -281,6 +281,25 @@ async def test_the_direct_path_steps_aside_for_backpressure_and_the_sdks_path_th
     emu.check()
 
 
+async def test_a_failed_direct_write_is_recorded_logged_and_not_sent(caplog: pytest.LogCaptureFixture) -> None:
+    script = Script([CallTools((ToolCallSpec("lookup", id="fc-a"),), timeout_s=5)])
+    taps: list[tuple[str, Any]] = []
+    async with linked(script, tap=lambda kind, data: taps.append((kind, data))) as (emu, link, calls):
+        results = answers(await asyncio.wait_for(calls.get(), 5), {"result": "ok"})
+        socket = link._session._ws
+
+        def broken_pipe() -> None:
+            raise BrokenPipeError("the peer went away")
+
+        socket.send_data = broken_pipe  # the socket's write fails, as a dead TCP connection's does
+        with caplog.at_level(logging.WARNING, logger="test"):
+            assert link.try_send_tool_response(results, link.epoch) is False
+        assert socket.transport.is_closing()  # aborted, as websockets' own send does on a failed write
+    assert [data["tool_response"] for _, data in taps if "tool_response" in data] == [
+        {"function_responses": [{"id": "fc-a", "name": "lookup", "response": {"result": "ok"}}]}]
+    assert "tool response lost with its connection" in caplog.text
+
+
 async def test_a_shape_the_sdk_converts_is_sent_by_the_sdk_as_it_converts_it() -> None:
     script = Script([CallTools((ToolCallSpec("lookup", id="fc-a"),), timeout_s=5)])
     async with linked(script) as (emu, link, calls):
