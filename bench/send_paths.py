@@ -4,7 +4,8 @@
 
 The far ends run in a forked process, so this thread's CPU time (`time.thread_time_ns`) is the sender's
 alone; uvloop when installed, as `serve`. Prints the best and median of batches of 200 frames, us.
-- Live side: websockets' `send` vs phonebridge.live.frames.send_text, plain TCP and TLS (the SDK's socket).
+- Live side: websockets' `send` vs phonebridge.live.frames.send_text, plain TCP and TLS (the SDK's socket);
+  and a tool answer by the SDK's `send_tool_response` vs phonebridge.live.outbound.send_tool_response_now.
 - Twilio side (aiohttp, the server end as the bridge is): `async for message in ws` vs `await ws.receive()`,
   and `send_str` vs `send_frame` of the encoded text vs the writer's own synchronous frame write.
 - Metrics: prometheus_client Histogram.observe vs phonebridge.server.frame_metrics.FrameSeries.observe.
@@ -29,10 +30,16 @@ from websockets.asyncio.server import serve  # noqa: E402
 import phonebridge.live.frames as live_frames  # noqa: E402
 from phonebridge.server.frame_metrics import FrameHistogram  # noqa: E402
 from phonebridge.server.metrics import FRAME_BUCKETS  # noqa: E402
+from google import genai  # noqa: E402
+from google.genai.live import AsyncSession  # noqa: E402
+
+import phonebridge.live.outbound as outbound  # noqa: E402
+from phonebridge.call.tool_types import ToolResult  # noqa: E402
 from phonebridge.live.link import audio_message  # noqa: E402
 from phonebridge.testing.tls import LocalTLS  # noqa: E402
 
 PCM = bytes(640)
+ANSWER = [ToolResult("fc-1234", "lookup_order", {"order": {"id": 7, "status": "shipped", "items": [{"sku": "A-1"}]}})]
 BATCH, BATCHES = 200, 60
 
 
@@ -85,16 +92,30 @@ async def live_side(tls: LocalTLS | None) -> None:
             if not live_frames.send_text(ws, live_frames.audio_payload(PCM)):
                 await ws.send(audio_message(PCM))
 
+        session = AsyncSession(api_client=genai.Client(api_key="bench")._api_client, websocket=ws)
+
+        async def answer_by_sdk() -> None:  # what the pump awaited before: FunctionResponse, then the SDK's send
+            await outbound.send_tool_response(session, ANSWER, None)
+
+        async def answer_direct() -> None:
+            if not outbound.send_tool_response_now(session, ANSWER, None):
+                await outbound.send_tool_response(session, ANSWER, None)
+
         assert live_frames.usable(ws)
-        results: dict[str, list[float]] = {"send": [], "direct": []}
+        results: dict[str, list[float]] = {"send": [], "direct": [], "answer_sdk": [], "answer_direct": []}
         for _ in range(3):  # alternate, so load from elsewhere hits both alike
             results["send"] += await _batches(by_send)
             results["direct"] += await _batches(direct)
+            results["answer_sdk"] += await _batches(answer_by_sdk)
+            results["answer_direct"] += await _batches(answer_direct)
     sink.terminate()
     sink.join()
     print(f"Live side, {'TLS' if tls else 'plain TCP'} loopback, one 640-byte frame's message:")
     _line("websockets send(audio_message(pcm))", results["send"])
     _line("live_frames.send_text(audio_payload(pcm))", results["direct"])
+    print("  one tool answer (a task hop saved besides, not counted here):")
+    _line("session.send_tool_response (SDK path)", results["answer_sdk"])
+    _line("outbound.send_tool_response_now", results["answer_direct"])
 
 
 async def metrics_side() -> None:

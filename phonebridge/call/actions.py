@@ -61,8 +61,21 @@ class CallActions:
         action: Callable[[Any], Awaitable[None] | None] = getattr(self, EXECUTE[type(effect)])
         return action(effect)
 
-    async def _respond(self, effect: fx.SendToolResponse) -> None:
+    def _respond(self, effect: fx.SendToolResponse) -> Awaitable[None] | None:
+        """The answer written at once from the callback that ran the core (no task, no loop hop: issue 17's
+        handler-return-to-tool_response budget) where the link can; else the awaitable of the SDK's path, which
+        the pump awaits or spawns as before. Either way the core hears of it first, then its effects run."""
+        sent = self._live.link.try_send_tool_response(effect.results, effect.epoch) if self._live is not None else False
+        if sent is None:
+            return self._respond_later(effect)
+        self._responded(effect, sent)
+        return None
+
+    async def _respond_later(self, effect: fx.SendToolResponse) -> None:
         sent = self._live is not None and await self._live.link.send_tool_response(effect.results, effect.epoch)
+        self._responded(effect, sent)
+
+    def _responded(self, effect: fx.SendToolResponse, sent: bool) -> None:
         if sent:
             self._reactions.tool_response_sent([r.id for r in effect.results])
         self.call.tool_response_sent(effect.number, sent, time.monotonic())

@@ -1,4 +1,5 @@
-"""Caller audio onto the Live session's socket without websockets' `send` machinery, when that is safe.
+"""Caller audio and tool answers onto the Live session's socket without the SDK's conversion or websockets'
+`send` machinery, when that is safe.
 
 `ClientConnection.send(text)` enters an async context manager per message (`send_context`: a generator-based
 `asynccontextmanager`, its checks, then `send_data()` and `await drain()`): bench/send_paths.py measured
@@ -14,12 +15,21 @@ message is being sent, the transport is not closing and not paused (backpressure
 when the connection is not the websockets class this was written against (another SDK or websockets
 version), it writes nothing and returns False: the caller then uses the SDK's or websockets' own `send`,
 which raises or waits as it always has. A test holds the bytes equal, unmasked, to what `send` writes.
+
+The messages themselves (`audio_payload`, `tool_response_message`) are built here too, byte for byte what the
+SDK's own methods send (tests hold each equal to the SDK's at the far end of a socket), for the inputs they
+cover; for any other input they return None and the SDK's method is the one to call.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import math
+from collections.abc import Sequence
 from typing import Any
+
+from phonebridge.call.tool_types import ToolResult
 
 try:  # private to the SDK's transport: used only while it is there
     from websockets.asyncio.connection import Connection as _Connection
@@ -46,6 +56,64 @@ def audio_message(pcm16k: bytes) -> str:
 def audio_payload(pcm16k: bytes) -> bytes:
     """`audio_message(pcm16k)` as UTF-8, built without the str round trip."""
     return _HEAD + base64.urlsafe_b64encode(pcm16k) + _TAIL
+
+
+# Containers nested deeper than this inside a response take the SDK's path: its converters recurse in Python
+# (at ~990 levels they raise RecursionError), and so does the check here.
+MAX_DIRECT_DEPTH = 64
+
+
+def function_responses(results: Sequence[ToolResult]) -> list[dict[str, Any]] | None:
+    """The `functionResponses` the SDK makes of `FunctionResponse(id=, name=, response=)` per result, as plain
+    dicts: `model_dump(exclude_none=True)` gives id, name, response in the model's field order, and the
+    response as it is (exclude_none does not reach into a dict field). The same list is what the recorder
+    sees, as `model_dump(mode="json")` gives it for these values.
+
+    None for what it does not rebuild exactly (the SDK's path then sends it, or refuses it, as it always has):
+    an id or name that is not a str (the Developer API's SDK refuses a missing id), or a response that is not
+    plain JSON: only dict with str keys, list, str, int, bool, None and finite floats, of the exact types
+    (to_response makes these). Bytes and datetimes the SDK encodes, tuples and non-str keys it converts or
+    refuses, NaN becomes null in the recorder's JSON-mode dump: all of those go the SDK's way."""
+    items = []
+    for result in results:
+        if type(result.id) is not str or type(result.name) is not str or type(result.response) is not dict:
+            return None
+        if not _plain(result.response, 0):
+            return None
+        items.append({"id": result.id, "name": result.name, "response": result.response})
+    return items
+
+
+def tool_response_message(results: Sequence[ToolResult]) -> bytes | None:
+    """Exactly what `session.send_tool_response(function_responses=[FunctionResponse(id=, name=, response=)
+    ...])` puts on the wire, as UTF-8: the SDK's `json.dumps` (its defaults: ASCII-escaped, ", " and ": "),
+    `tool_response` in snake case around the camel-cased `functionResponses`. None where `function_responses`
+    is None, or json.dumps would raise (an int past str()'s digit limit: the SDK's path raises it)."""
+    items = function_responses(results)
+    return None if items is None else tool_response_payload(items)
+
+
+def tool_response_payload(items: list[dict[str, Any]]) -> bytes | None:
+    """The message of `function_responses(results)`; None where json.dumps raises."""
+    try:
+        return json.dumps({"tool_response": {"functionResponses": items}}).encode()
+    except ValueError:
+        return None
+
+
+def _plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth > MAX_DIRECT_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(key) is str and _plain(item, depth + 1) for key, item in value.items())
+    if kind is list:
+        return all(_plain(item, depth + 1) for item in value)
+    return False
 
 
 _CONNECTION_ATTRIBUTES = ("protocol", "transport", "paused", "send_in_progress", "send_data", "set_connection_exc")

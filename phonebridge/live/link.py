@@ -28,7 +28,7 @@ from google.genai import types
 
 from phonebridge.agent.definition import Agent
 from phonebridge.errors import ModelUnavailable
-import phonebridge.live.frames as live_frames
+import phonebridge.live.outbound as outbound
 from phonebridge.live.frames import AUDIO_MIME as AUDIO_MIME
 from phonebridge.live.frames import audio_message as audio_message
 from phonebridge.live.config import REFUSED, HistoryMode, Opening, after_refusal, build_config, opening
@@ -113,21 +113,9 @@ class LiveLink:
             self.held_dropped += dropped
         else:
             try:
-                await self._send_audio_now(session, pcm16k)
+                await outbound.send_audio(session, pcm16k, self._tap, self._fast_audio)
             except Exception as exc:  # noqa: BLE001 - a dying connection: the replay buffer has the audio
                 self._log.debug("audio send failed; the next connection gets it again: %r", exc)
-
-    async def _send_audio_now(self, session: Any, pcm16k: bytes) -> None:
-        if self._tap is not None:
-            self._tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": pcm16k}}})
-        # The session's socket (a private SDK attribute) when present; the public method otherwise.
-        socket = getattr(session, "_ws", None) if self._fast_audio else None
-        if socket is not None:
-            # Framed and written in place when websockets' `send` would neither wait nor raise (live_frames).
-            if not (live_frames.usable(socket) and live_frames.send_text(socket, live_frames.audio_payload(pcm16k))):
-                await socket.send(audio_message(pcm16k))
-        else:
-            await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
 
     async def send_text(self, text: str) -> bool:
         """Send a text turn. True once sent, or held for the connection being opened; False after close."""
@@ -138,33 +126,42 @@ class LiveLink:
         if session is None:
             return True
         try:
-            await self._send_text_now(session, text)
+            await outbound.send_text(session, text, self._tap)
         except Exception as exc:  # noqa: BLE001 - the replay buffer has it for the next connection
             self._log.info("text to the model goes again on the next connection: %r", exc)
         return True
 
-    async def _send_text_now(self, session: Any, text: str) -> None:
-        if self._tap is not None:
-            self._tap("model_out", {"realtime_input": {"text": text}})
-        await session.send_realtime_input(text=text)
-
     async def send_tool_response(self, results: Sequence[ToolResult], epoch: int | None = None) -> bool:
-        """Answer function calls; False when not sent: no connection, or not the one of `epoch` that asked
-        (the model resumes from before those calls and issues them again)."""
-        session = self._session
-        if session is None or not results or (epoch is not None and epoch != self.epoch):
+        """Answer function calls through the SDK; False when not sent (see `_answerable`, or the send failed)."""
+        session = self._answerable(results, epoch)
+        if session is None:
             return False
-        responses = [types.FunctionResponse(id=r.id, name=r.name, response=r.response) for r in results]
-        if self._tap is not None:
-            self._tap("model_out", {"tool_response": {"function_responses": [
-                r.model_dump(mode="json", exclude_none=True) for r in responses
-            ]}})
         try:
-            await session.send_tool_response(function_responses=responses)
+            await outbound.send_tool_response(session, results, self._tap)
         except Exception as exc:  # noqa: BLE001
             self._log.warning("tool response lost with its connection: %r", exc)
             return False
         return True
+
+    def try_send_tool_response(self, results: Sequence[ToolResult], epoch: int | None = None) -> bool | None:
+        """`send_tool_response` at once, without an await or the SDK's conversion (outbound.send_tool_response_now).
+        None when it must be awaited instead: no direct socket, backpressure, results the direct message does not
+        build exactly. True or False otherwise, as `send_tool_response` would have returned."""
+        session = self._answerable(results, epoch)
+        if session is None:
+            return False
+        try:
+            return outbound.send_tool_response_now(session, results, self._tap, self._fast_audio)
+        except Exception as exc:  # noqa: BLE001 - the write failed: the connection is done
+            self._log.warning("tool response lost with its connection: %r", exc)
+            return False
+
+    def _answerable(self, results: Sequence[ToolResult], epoch: int | None) -> Any:
+        """The session to answer on; None with no connection, or not the one of `epoch` that asked (the model
+        resumes from before those calls and issues them again)."""
+        if self._session is None or not results or (epoch is not None and epoch != self.epoch):
+            return None
+        return self._session
 
     def remember(self, role: str, text: str) -> None:
         """Keep the transcript, to seed a fresh session if the service ever refuses our handle."""
@@ -317,10 +314,10 @@ class LiveLink:
                 break
             for seq, message in pending:
                 if isinstance(message, bytes):
-                    await self._send_audio_now(session, message)
+                    await outbound.send_audio(session, message, self._tap, self._fast_audio)
                     audio += 1
                 else:
-                    await self._send_text_now(session, message)
+                    await outbound.send_text(session, message, self._tap)
                     texts += 1
                 done = seq
         self._resend.restamp(time.monotonic())  # sent again now: only a handle issued after this includes them
