@@ -32,6 +32,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from aiohttp import WSMsgType
+
 from phonebridge.audio import ulaw_encode
 from phonebridge.testing.playback import LegCore, Received
 from phonebridge.testing.twilio_caller import FRAME_BYTES, FRAME_SECONDS, RATE, ULAW_SILENCE, TwilioCaller
@@ -87,17 +89,26 @@ class LeanLeg(LegCore):
 
 def direct_writer(ws: Any) -> Any:
     """aiohttp's frame writer under `ws` when `send_str` would only write one frame now, else None."""
-    writer = getattr(ws, "_writer", None)
-    write = getattr(writer, "_write_websocket_frame", None)
-    protocol = getattr(writer, "protocol", None)
-    transport = getattr(writer, "transport", None)
-    if write is None or protocol is None or transport is None or ws.closed:
+    writer = writer_of(ws)
+    return writer if writer is not None and writable(ws, writer) else None
+
+
+def writer_of(ws: Any) -> Any:
+    """The frame writer under `ws` if it is the one `write_text` was written against, uncompressed; else None.
+    What it checks cannot change while the socket lives: check it once per socket."""
+    writer: Any = getattr(ws, "_writer", None)
+    if not all(hasattr(writer, name) for name in ("_write_websocket_frame", "protocol", "transport", "_limit")):
         return None
-    if getattr(writer, "compress", 1) or getattr(writer, "_closing", True) or getattr(protocol, "_paused", True):
+    if getattr(writer, "compress", 1) or not isinstance(getattr(writer, "_output_size", None), int):
         return None
-    if transport.is_closing() or not isinstance(getattr(writer, "_output_size", None), int):
+    if not hasattr(writer.protocol, "_paused") or not hasattr(writer, "_closing"):
         return None
     return writer
+
+
+def writable(ws: Any, writer: Any) -> bool:
+    """`send_str` would write at once and not wait: open, not closing, no backpressure."""
+    return not (ws.closed or writer._closing or writer.protocol._paused or writer.transport.is_closing())
 
 
 def write_text(writer: Any, text: str) -> None:
@@ -130,6 +141,7 @@ class LeanCaller(TwilioCaller):
         self._play_timer: asyncio.TimerHandle | None = None
         self._play_at = math.inf
         self._slow = 0  # frames on the library path not yet written
+        self._writer: Any = None  # aiohttp's frame writer, once checked (False: not the one we know)
 
     # -- talking ----------------------------------------------------------------------------------------
 
@@ -189,8 +201,10 @@ class LeanCaller(TwilioCaller):
         ws = self._ws
         if ws is None or ws.closed:
             return
-        writer = None if self._slow or self._wire.locked() else direct_writer(ws)
+        writer = self._writer
         if writer is None:
+            writer = self._writer = writer_of(ws) or False
+        if not writer or self._slow or self._wire.locked() or not writable(ws, writer):
             self._slow += 1
             asyncio.ensure_future(self._send_slow(build, stamp))
             return
@@ -211,6 +225,31 @@ class LeanCaller(TwilioCaller):
             self._slow -= 1
 
     # -- listening --------------------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        """TwilioCaller._read without a playback step per message: what a frame makes due (marks queued
+        after no audio) `receive` returns; the rest comes due on the player's timer."""
+        ws = self._ws
+        assert ws is not None
+        closing = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED)
+        try:
+            while True:
+                message = await ws.receive()
+                if message.type in closing:  # where `async for` stops
+                    break
+                if message.type != WSMsgType.TEXT:
+                    self.protocol_errors.append(f"non-text frame: {message.type.name}")
+                    continue
+                now = self._now()
+                self._echo_now(self._core.receive(message.data, now))
+                self._arm_player(now)
+                self._notify()
+        finally:
+            self.close_code = ws.close_code
+            self.closed_by_server = not self._ending
+            self._ending = True
+            self._closed.set()
+            self._notify()
 
     async def _echo(self, marks: list[str]) -> None:
         self._echo_now(marks)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import sys
 from pathlib import Path
@@ -99,7 +100,7 @@ class _Protocol:
 def _writer(**kwargs: Any) -> tuple[WebSocketWriter, _Transport]:
     transport = _Transport()
     writer = WebSocketWriter(_Protocol(), transport, use_mask=True, **kwargs)  # type: ignore[arg-type]
-    writer.get_random_bits = lambda: 0x12345678  # type: ignore[method-assign]  # one mask for both paths
+    writer.get_random_bits = functools.partial(int, 0x12345678)  # one mask for both paths
     return writer, transport
 
 
@@ -216,9 +217,12 @@ async def _call(caller_class: type[TwilioCaller], clip: bytes) -> tuple[list[dic
     return bridge.received, caller
 
 
-async def test_a_lean_call_puts_twilio_callers_frames_on_the_wire() -> None:
+@pytest.mark.parametrize("direct", [True, False])
+async def test_a_lean_call_puts_twilio_callers_frames_on_the_wire(direct: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     clip = synth_speech("order", 8000, seconds=0.1)
     slow, slow_caller = await _call(TwilioCaller, clip)
+    if not direct:  # a writer it does not know: every frame and echo goes the library path, in order
+        monkeypatch.setattr(lean_caller, "writer_of", lambda ws: None)
     fast, fast_caller = await _call(lean_caller.LeanCaller, clip)
     for received in (slow, fast):
         assert [m["event"] for m in received[:2]] == ["connected", "start"] and received[-1]["event"] == "stop"
