@@ -64,9 +64,49 @@ class _Speech:
         self.answer = self._chunks(synth_speech("Your order is out for delivery today", OUT_RATE, seconds=answer_s))
 
     @staticmethod
-    def _chunks(pcm: bytes) -> list[str]:
+    def _chunks(pcm: bytes) -> list[bytes]:
+        """Each 40 ms chunk's whole message, encoded once: a turn sends the same text every time it is spoken."""
         usable = len(pcm) - len(pcm) % CHUNK_BYTES  # whole chunks: each becomes exactly two Twilio frames
-        return [base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, usable, CHUNK_BYTES)]
+        datas = [base64.b64encode(pcm[i : i + CHUNK_BYTES]).decode() for i in range(0, usable, CHUNK_BYTES)]
+        return [encode(chunk_message(number, data)) for number, data in enumerate(datas)]
+
+
+def chunk_message(number: int, data: str) -> dict[str, Any]:
+    """Chunk `number` of a turn: its audio, and every 5th a word of output transcription."""
+    part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
+    content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
+    if number % 5 == 0:
+        content["outputTranscription"] = {"text": "word "}
+    return {"serverContent": content}
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+class Loudness:
+    """The VAD's verdict on each realtime audio message, remembered by its text: a pure function of it, and
+    the bridge sends the same few dozen texts over and over (silence, and the one clip every caller says,
+    transcoded from the same filter state), so most messages are answered without json, base64 or numpy."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._seen: dict[str | bytes, bool] = {}
+        self._limit = limit
+
+    def get(self, text: str | bytes) -> bool | None:
+        return self._seen.get(text)
+
+    def put(self, text: str | bytes, data: str) -> bool:
+        if len(self._seen) >= self._limit:
+            self._seen.clear()
+        loud = self._seen[text] = is_loud(data)
+        return loud
+
+
+def is_loud(data: str) -> bool:
+    """Mean square of the base64 PCM16 above LOUD_DBFS."""
+    pcm = np.frombuffer(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), dtype="<i2").astype(np.float32)
+    return pcm.size > 0 and float(np.dot(pcm, pcm)) / pcm.size > _LOUD_MS2
 
 
 class Handles:
@@ -102,6 +142,7 @@ class LeanLive:
         self._speech = _Speech(answer_s)
         self._tool_every = tool_every
         self.handles = Handles()
+        self.loudness = Loudness()  # shared: every call's bridge sends the same texts
         self.connections: asyncio.Queue[Timeline] = asyncio.Queue()
         self.timelines: list[Timeline] = []
         self._tls: LocalTLS | None = None
@@ -135,7 +176,7 @@ class LeanLive:
         timeline = Timeline()
         self.timelines.append(timeline)
         self.connections.put_nowait(timeline)
-        conn = _Conversation(ws, timeline, self._speech, self._tool_every, self.handles)
+        conn = _Conversation(ws, timeline, self._speech, self._tool_every, self.handles, self.loudness)
         try:
             await conn.run()
         finally:
@@ -145,10 +186,11 @@ class LeanLive:
 
 class _Conversation:
     def __init__(
-        self, ws: web.WebSocketResponse, timeline: Timeline, speech: _Speech, tool_every: int, handles: Handles
+        self, ws: web.WebSocketResponse, timeline: Timeline, speech: _Speech, tool_every: int, handles: Handles,
+        loudness: Loudness,
     ) -> None:
         self._ws, self.t, self._speech, self._tool_every = ws, timeline, speech, tool_every
-        self._handles = handles
+        self._handles, self._loudness = handles, loudness
         self._resumable = False  # the client asked for resumption handles
         self._speaker: asyncio.Task[None] | None = None
         self._loud = self._quiet = self._barge = 0
@@ -157,10 +199,21 @@ class _Conversation:
         self._open_call: str | None = None
 
     async def run(self) -> None:
+        loudness = self._loudness
         async for msg in self._ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                 break
+            loud = loudness.get(msg.data)
+            if loud is not None:  # a realtime audio message seen before: the same as below, parsed once
+                self.t.audio_in.append(time.monotonic())
+                self._on_audio(loud)
+                continue
             data = json.loads(msg.data)
+            audio = _audio_data(data)
+            if audio is not None:
+                self.t.audio_in.append(time.monotonic())  # each realtime audio message, as it is read
+                self._on_audio(loudness.put(msg.data, audio))
+                continue
             if "setup" in data:
                 if not self._setup(data["setup"]):
                     await self._ws.close(code=1008, message=b"session resumption handle is invalid or has expired")
@@ -203,19 +256,13 @@ class _Conversation:
             self._speaker.cancel()
 
     def _on_realtime(self, realtime: dict[str, Any]) -> None:
-        audio = realtime.get("audio")
-        if audio is not None:
-            self.t.audio_in.append(time.monotonic())
-            self._on_audio(audio["data"])
-        elif "text" in realtime:
+        if "text" in realtime:
             self.t.texts.append(realtime["text"])
             if not self._greeted:
                 self._greeted = True
                 self._speak(self._speech.greeting)
 
-    def _on_audio(self, data: str) -> None:
-        pcm = np.frombuffer(base64.urlsafe_b64decode(data + "=" * (-len(data) % 4)), dtype="<i2").astype(np.float32)
-        loud = pcm.size > 0 and float(np.dot(pcm, pcm)) / pcm.size > _LOUD_MS2
+    def _on_audio(self, loud: bool) -> None:
         speaking = self._speaker is not None and not self._speaker.done()
         if loud:
             self._loud, self._quiet = self._loud + 1, 0
@@ -252,24 +299,20 @@ class _Conversation:
         self._open_call = None
         self._speak(self._speech.answer)
 
-    def _speak(self, chunks: list[str]) -> None:
+    def _speak(self, chunks: list[bytes]) -> None:
         if self._speaker is None or self._speaker.done():
             self._barge = 0
             self._speaker = asyncio.ensure_future(self._speak_turn(chunks))
 
-    async def _speak_turn(self, chunks: list[str]) -> None:
+    async def _speak_turn(self, chunks: list[bytes]) -> None:
         sent: list[float] = []
         self.t.turns.append(sent)
         start = time.monotonic()
         await self._send_not_resumable()
         try:
-            for number, data in enumerate(chunks):
-                part = {"inlineData": {"mimeType": "audio/pcm;rate=24000", "data": data}}
-                content: dict[str, Any] = {"modelTurn": {"parts": [part]}}
-                if number % 5 == 0:
-                    content["outputTranscription"] = {"text": "word "}
+            for number, message in enumerate(chunks):
                 handed = time.monotonic()  # as handed to the socket: the caller may read it before the write returns
-                await self._send({"serverContent": content})
+                await self._send_encoded(message)
                 sent.append(handed)
                 await asyncio.sleep(max(0.0, start + (number + 1) * CHUNK_S - time.monotonic()))
         except asyncio.CancelledError:
@@ -292,9 +335,19 @@ class _Conversation:
         asyncio.ensure_future(send())
 
     async def _send(self, message: dict[str, Any]) -> None:
+        await self._send_encoded(encode(message))
+
+    async def _send_encoded(self, payload: bytes) -> None:
         if self._ws.closed:
             return
         try:
-            await self._ws.send_bytes(json.dumps(message, separators=(",", ":")).encode())
+            await self._ws.send_bytes(payload)
         except (ConnectionError, RuntimeError):
             return
+
+
+def _audio_data(data: Any) -> str | None:
+    """The base64 audio of a realtime audio message (either spelling of the key), else None."""
+    realtime = data.get("realtimeInput") or data.get("realtime_input") if isinstance(data, dict) else None
+    audio = realtime.get("audio") if isinstance(realtime, dict) else None
+    return audio.get("data") if isinstance(audio, dict) else None

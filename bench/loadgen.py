@@ -12,6 +12,7 @@ because calls are dialled one at a time, each waiting for its own Live connectio
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import json
 import os
@@ -23,6 +24,7 @@ from typing import Any
 import aiohttp
 
 from correlate import inbound_latencies, outbound_latencies, pair_next, summary
+from lean_caller import LeanCaller
 from lean_live import LeanLive, Timeline
 from procstat import CpuWindow, probe_loop_lag, rss_bytes
 
@@ -36,27 +38,9 @@ BARGE_EVERY = 4  # every 4th caller turn talks over the agent
 THINK_S = 0.3  # the caller's pause after the agent stops, before answering
 
 
-class StampedCaller(TwilioCaller):
-    """A TwilioCaller that notes when each media frame is handed to its socket: stamped as the frame is built,
-    under the wire lock, just before the write. Stamping after the write returned was late whenever the write
-    yielded, and the Live side of this same process could read the bridge's message for the frame first."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.frame_times: list[float] = []
-        build = self._core.media
-
-        def stamped(frame: bytes, start: float) -> str:
-            text = build(frame, start)
-            self.frame_times.append(time.monotonic())
-            return text
-
-        self._core.media = stamped  # type: ignore[method-assign]
-
-
 @dataclass
 class Call:
-    caller: StampedCaller
+    caller: LeanCaller
     live: Timeline
     stalls: list[str] = field(default_factory=list)
 
@@ -75,10 +59,14 @@ async def converse(call: Call, utterance: bytes, deadline: float) -> None:
                 await _until_agent_done(caller)
             seen = caller.media_bytes_received
             await caller.say(utterance, rate=RATE)
-            await caller.wait_for(lambda c, seen=seen: c.media_bytes_received > seen, DIAL_TIMEOUT_S)
+            await caller.wait_for(functools.partial(_heard_more, seen=seen), DIAL_TIMEOUT_S)
     except TimeoutError as exc:
         if caller.up and time.monotonic() < deadline:  # a wait cut short by the end of the run is no stall
             call.stalls.append(str(exc)[:200])
+
+
+def _heard_more(caller: TwilioCaller, seen: int) -> bool:
+    return caller.media_bytes_received > seen
 
 
 async def _until_agent_done(caller: TwilioCaller) -> None:
@@ -94,9 +82,9 @@ async def dial_all(live: LeanLive, spec: dict[str, Any]) -> tuple[list[Call], in
     calls: list[Call] = []
     failed = 0
     for _ in range(int(spec["calls"])):
-        caller = StampedCaller(
+        caller = LeanCaller(
             spec["server_url"], public_url=spec["public_url"], auth_token=spec["auth_token"],
-            account_sid=spec["account_sid"], speed=1.0,
+            account_sid=spec["account_sid"],
         )
         try:
             await asyncio.wait_for(caller.dial(), DIAL_TIMEOUT_S)
