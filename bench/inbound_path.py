@@ -3,7 +3,9 @@
 Three figures, microseconds per frame (best and median batch of the mean CPU time of this thread):
 - parse: twilio.protocol.parse_event on a real media frame;
 - core: Call.receive_twilio(text, now) on an opened call, with the frames' JSON built as the tests build it;
-- core+transcode: the same, plus call.inbound.process(media.payload), what the pump does before send_audio.
+- core+transcode: the same, plus call.inbound.process(media.payload), what the pump does before send_audio;
+- inbound / outbound: InboundTranscoder.process on a frame's 160 mu-law bytes, OutboundTranscoder.process on
+  20 ms of 24 kHz PCM (the resampler's step is shared by both directions).
 Each batch gets a fresh opened Call (sequence numbers keep rising, as Twilio's do); building it is not timed.
 `--repeat N` batches (default 60) of `--frames F` frames (default 2000). No sockets, no event loop.
 Run it at two revisions (e.g. `git archive REV | tar -x -C DIR` and PYTHONPATH=DIR) for a before/after.
@@ -20,6 +22,7 @@ import time
 from collections.abc import Callable
 
 import phonebridge.twilio.protocol as twilio
+from phonebridge.audio import InboundTranscoder, OutboundTranscoder
 from phonebridge.call.core import Call
 from phonebridge.twilio.stream_guard import StreamGuard
 
@@ -87,6 +90,27 @@ def run_core_transcode(texts: list[str]) -> float:
     return elapsed
 
 
+def run_inbound(texts: list[str]) -> float:
+    transcoder = InboundTranscoder()
+    process = transcoder.process
+    payloads = [base64.b64decode(json.loads(text)["media"]["payload"]) for text in texts]
+    begin = time.thread_time_ns()
+    for payload in payloads:
+        process(payload)
+    return time.thread_time_ns() - begin
+
+
+def run_outbound(texts: list[str]) -> float:
+    transcoder = OutboundTranscoder()
+    process = transcoder.process
+    rng = random.Random(len(texts))
+    chunks = [bytes(rng.randrange(256) for _ in range(960)) for _ in range(50)] * (len(texts) // 50)
+    begin = time.thread_time_ns()
+    for chunk in chunks:
+        process(chunk)
+    return (time.thread_time_ns() - begin) * len(texts) / len(chunks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=60)
@@ -95,6 +119,7 @@ def main() -> None:
     texts = media_texts(args.frames)
     works: dict[str, Callable[[list[str]], float]] = {
         "parse": run_parse, "core": run_core, "core+transcode": run_core_transcode,
+        "inbound": run_inbound, "outbound": run_outbound,
     }
     samples: dict[str, list[float]] = {name: [] for name in works}
     for work in works.values():
