@@ -183,11 +183,11 @@ class Resampler:
     Any byte count works: an odd trailing byte waits for its other half.
 
     Why it is laid out this way: a call runs this every 20 ms each way, and every numpy call costs about a
-    microsecond whatever its size (as much as the rest of a frame's work), so a step makes two: the matrix
-    product and the rounding. The rest is done in C without numpy's dispatch: the input bytes go into an int16
-    buffer through a memoryview; the input still needed moves back to the buffer's start after every step (a
-    memmove of about 200 bytes), so the windows and outputs of a frame sit where they did for the frame before
-    and their views are reused (_Shape); audioop saturates and packs the rounded samples.
+    microsecond whatever its size (as much as the rest of a frame's work), so a step makes three: the matrix
+    product, the clipping and the rounding. The rest is done in C without numpy's dispatch: the input bytes go
+    into an int16 buffer through a memoryview; the input still needed moves back to the buffer's start after
+    every step (a memmove of about 200 bytes), so the windows and outputs of a frame sit where they did for the
+    frame before and their views are reused (_Shape); the samples are read straight out of the rounded floats.
     """
 
     def __init__(self, src_rate: int, dst_rate: int) -> None:
@@ -202,7 +202,7 @@ class Resampler:
         # Every row's window, all overlapping views of the buffer (np.dot copies them into one matrix).
         self._windows = as_strided(self._buffer, shape=(rows, f.row_window), strides=(2 * f.row_inputs, 2))
         self._values = np.empty(rows * f.row_outputs)  # the outputs of a step, in time order
-        self._shape = _Shape(self._windows, self._values, 0, 0, 0, f.row_outputs)
+        self._shape = _Shape(self._windows, self._values, 0, 0, f)
         self.reset()
 
     @property
@@ -219,72 +219,95 @@ class Resampler:
 
     def process(self, pcm16: bytes) -> bytes:
         """Resample the next piece of the stream; returns all the output it allows, as PCM16 bytes."""
-        return audioop.lin2lin(self._wide(pcm16), 4, 2)
+        if len(pcm16) <= 2 * _CHUNK:
+            return self._step(pcm16)
+        return self._steps(pcm16, False)
 
     def flush(self) -> bytes:
         """End the stream: return the output still owed (the last `delay_ms` of audio) and reset."""
-        return audioop.lin2lin(self._flush_wide(), 4, 2)
+        return self._flush(False)
 
     def _wide(self, pcm16: bytes) -> bytes:
-        """process(), each sample in the high half of an int32: what audioop.lin2ulaw(_, 4) encodes."""
+        """process(), each sample in the high half of an int32: what audioop.lin2ulaw(_, 4) encodes. Why: for
+        160 outputs (24k -> 8k) audioop's saturating mul costs less than numpy's clip; for 320 (8k -> 16k) more."""
         if len(pcm16) <= 2 * _CHUNK:
-            return self._step(pcm16)
-        return b"".join(self._step(pcm16[i : i + 2 * _CHUNK]) for i in range(0, len(pcm16), 2 * _CHUNK))
+            return self._step(pcm16, None, True)
+        return self._steps(pcm16, True)
 
-    def _flush_wide(self) -> bytes:
-        """flush(), as _wide()."""
+    def _steps(self, pcm16: bytes, wide: bool) -> bytes:
+        return b"".join(self._step(pcm16[i : i + 2 * _CHUNK], None, wide) for i in range(0, len(pcm16), 2 * _CHUNK))
+
+    def _flush(self, wide: bool) -> bytes:
+        """flush(); `wide` as in _wide()."""
         f = self._filter
         self._end &= ~1  # a lone half sample never completes: drop it
-        tail = self._step(bytes(2 * (-(-f.delay // f.up) + f.down)), owed=f.delay)
+        tail = self._step(bytes(2 * (-(-f.delay // f.up) + f.down)), f.delay, wide)
         self.reset()
         return tail
 
-    def _step(self, pcm16: bytes, owed: int | None = None) -> bytes:
-        """Append input and return the outputs it completes, as _wide() does.
+    def _step(self, pcm16: bytes, owed: int | None = None, wide: bool = False) -> bytes:
+        """Append input and return the outputs it completes, as PCM16 bytes (`wide`: as _wide() does).
 
         With `owed` (flush), `pcm16` is silence padding: output stops `owed` prototype samples (the delay)
         after the last real input instead. Outputs of an unfinished row are computed from whatever the
         buffer holds past the input (old samples, the odd byte): their taps there are zero.
         """
-        f, start, emitted = self._filter, self._end, self._emitted
+        f, start, data = self._filter, self._end, self._bytes
         end = start + len(pcm16)
-        self._bytes[start:end] = pcm16
+        data[start:end] = pcm16
         # Inputs at or after the current row's start, then the outputs they make available (a ceiling).
         arrived = ((end if owed is None else start) >> 1) - (f.taps - 1)
         available = -((-arrived * f.up - (owed or 0)) // f.down)
-        shape, width = self._shape, f.row_outputs
-        if shape.key != (available, emitted):
-            shape = self._shape = _Shape(self._windows, self._values, -(-available // width), emitted, available, width)
-        np.dot(shape.windows, f.row_matrix, out=shape.out)
-        np.add(shape.emitted, _ROUND, out=shape.emitted)
-        done, self._emitted = divmod(available, width)
-        keep = 2 * done * f.row_inputs  # input before the next row's window is no longer needed
-        self._bytes[: end - keep] = self._bytes[keep:end]
+        shape = self._shape
+        if shape.stop != available or shape.first != self._emitted:
+            shape = self._shape = _Shape(self._windows, self._values, self._emitted, available, f)
+        _dot(shape.windows, f.row_matrix, shape.out)
+        outputs = shape.emitted
+        if not wide:  # clipped before the rounding (see _ROUND)
+            if _clip is not None:
+                _clip(outputs, -32768.0, 32767.0, outputs)
+            else:
+                np.minimum(np.maximum(outputs, -32768.0, outputs), 32767.0, outputs)
+        _add(outputs, _ROUND, outputs)
+        self._emitted, keep = shape.rest, shape.keep
+        data[: end - keep] = data[keep:end]
         self._end = end - keep
-        # The rounded outputs' low words as int32, then saturated into the high halves (see _ROUND).
-        return audioop.mul(shape.words.tobytes(), 4, 65536.0)
+        if wide:  # the rounded outputs' low words as int32, then saturated into the high halves (see _ROUND)
+            return audioop.mul(shape.words.tobytes(), 4, 65536.0)
+        return shape.samples.tobytes()  # the clipped outputs' low 16 bits: the samples themselves (see _ROUND)
 
 
 # Adding 1.5 * 2**52 to a float64 of magnitude below 2**51 rounds it to an integer (ties to even, as numpy.rint
 # does) and leaves that integer, in two's complement, in the float's low 32 bits (IEEE 754 binary64). Read as
 # int32 they are the rounded samples; audioop.mul by 65536 moves them to the high half of an int32 with
-# saturation, which clips to -32768..32767 exactly; audioop.lin2lin(_, 4, 2) and audioop.lin2ulaw(_, 4) read
-# that high half, so they give what the same calls give on the clipped int16 samples.
+# saturation, which clips to -32768..32767 exactly; audioop.lin2ulaw(_, 4) reads that high half, so it gives what
+# it gives on the clipped int16 samples. Clipped to -32768..32767 before the rounding instead (the same as after:
+# no number between 32767 and 32767.5, or -32768.5 and -32768, rounds past the bound), the floats' low 16 bits,
+# read as int16, are the PCM16 samples themselves.
 _ROUND = 1.5 * 2.0**52
 _LOW_WORD = 0 if sys.byteorder == "little" else 1
+_LOW_HALF = 0 if sys.byteorder == "little" else 3  # the low int16 of a float64
+# numpy's clip ufunc: np.clip, and ndarray.clip, wrap it in Python checks that cost twice the ufunc itself on a
+# 20 ms frame. Where numpy keeps it elsewhere, np.maximum and np.minimum do the same (tests/test_audio_fast.py).
+_clip = getattr(getattr(getattr(np, "_core", None), "umath", None), "clip", None)
+_dot, _add = np.dot, np.add  # module globals: one lookup each, not two
 
 
 class _Shape:
     """The views one step's shape needs (its row count, first and last output), made once and reused while
     the shape repeats, which it does every frame of a call: numpy slicing costs as much as a small product."""
 
-    __slots__ = ("emitted", "key", "out", "windows", "words")
+    __slots__ = ("emitted", "first", "keep", "out", "rest", "samples", "stop", "windows", "words")
 
-    def __init__(self, windows: np.ndarray, values: np.ndarray, rows: int, first: int, stop: int, width: int):
-        self.key = (stop, first)
+    def __init__(self, windows: np.ndarray, values: np.ndarray, first: int, stop: int, f: _Polyphase):
+        self.stop, self.first, width = stop, first, f.row_outputs
+        rows = -(-stop // width)
+        done, self.rest = divmod(stop, width)  # whole rows done, and the next row's outputs already returned
+        self.keep = 2 * done * f.row_inputs  # bytes of input before the next row's window: no longer needed
         self.windows = windows[:rows]
         self.out = values[: rows * width].reshape(rows, width)  # np.dot's output: the rows' outputs in order
         self.emitted = values[first:stop]  # the outputs this step returns
+        self.samples = values.view(np.int16)[4 * first + _LOW_HALF : 4 * stop : 4]
         self.words = values.view(np.int32)[2 * first + _LOW_WORD : 2 * stop : 2]
 
 
@@ -293,10 +316,11 @@ class InboundTranscoder:
 
     def __init__(self) -> None:
         self._resampler = Resampler(8000, 16000)
+        self._process = self._resampler.process  # bound once: the hot path calls it 50 times a second
 
     def process(self, ulaw8k: bytes) -> bytes:
         """Two output samples (four bytes) per mu-law byte, in step with the input."""
-        return audioop.lin2lin(self._resampler._wide(audioop.ulaw2lin(ulaw8k, 2)), 4, 2)
+        return self._process(audioop.ulaw2lin(ulaw8k, 2))
 
     def reset(self) -> None:
         """Forget carried audio (a new stream, or a reconnected model)."""
@@ -308,14 +332,15 @@ class OutboundTranscoder:
 
     def __init__(self) -> None:
         self._resampler = Resampler(24000, 8000)
+        self._wide = self._resampler._wide  # bound once: the hot path calls it 50 times a second
 
     def process(self, pcm24k: bytes) -> bytes:
         """Mu-law bytes for every 8 kHz sample this input allows; any byte count, odd ones included."""
-        return audioop.lin2ulaw(self._resampler._wide(pcm24k), 4)
+        return audioop.lin2ulaw(self._wide(pcm24k), 4)
 
     def flush(self) -> bytes:
         """End of the model's turn: the last few milliseconds still inside the filter, then a fresh start."""
-        return audioop.lin2ulaw(self._resampler._flush_wide(), 4)
+        return audioop.lin2ulaw(self._resampler._flush(True), 4)
 
     def reset(self) -> None:
         """Drop all carried audio, e.g. after a barge-in, so nothing of the cut turn leaks into the next."""
