@@ -163,11 +163,10 @@ def _loads(text: str | bytes) -> Any:
     if _scan is not None and type(text) is str and text[:1] == "{":
         try:
             msg, end = _scan(text, 0)
-        except Exception:  # noqa: BLE001 -- json.loads below raises what the caller must see
-            pass
-        else:
-            if end == len(text):
-                return msg
+        except (ValueError, StopIteration, RecursionError):  # what the scanner raises: json.loads says it below
+            end = -1
+        if end == len(text):
+            return msg
     return json.loads(text)
 
 
