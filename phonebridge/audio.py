@@ -267,7 +267,7 @@ class Resampler:
             if _clip is not None:
                 _clip(outputs, -32768.0, 32767.0, outputs)
             else:
-                np.minimum(np.maximum(outputs, -32768.0, outputs), 32767.0, outputs)
+                np.minimum(np.maximum(outputs, -32768.0, out=outputs), 32767.0, out=outputs)
         _add(outputs, _ROUND, outputs)
         self._emitted, keep = shape.rest, shape.keep
         data[: end - keep] = data[keep:end]
