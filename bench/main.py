@@ -35,6 +35,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy the server during the last step")
     parser.add_argument("--baseline", metavar="REV", default=None,
                         help="also run a git revision's server (a temporary worktree), step by step, for before/after")
+    parser.add_argument("--lockstep", action="store_true",
+                        help="start every call's conversation at once (figures before 2026-12-03 were measured so)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -55,9 +57,11 @@ def ladder(args: argparse.Namespace) -> list[int]:
     return [n for n in (QUICK_STEPS if args.quick else STEPS) if n <= args.max_calls]
 
 
-def _step(calls: int, seconds: float, profile: Path | None, tree: Path | None, name: str) -> dict[str, Any]:
+def _step(
+    calls: int, seconds: float, profile: Path | None, tree: Path | None, name: str, lockstep: bool = False
+) -> dict[str, Any]:
     print(f"step: {calls} calls for {seconds:g} s ({name}) ...", file=sys.stderr, flush=True)
-    step = run_step(calls, seconds, profile, tree)
+    step = run_step(calls, seconds, profile, tree, lockstep)
     step["generator_bound"] = generator_bound(step)
     step["asked"] = calls  # step["calls"] is how many dials succeeded: the two trees pair by what was asked
     step["load_average"] = os.getloadavg()  # the machine may be shared: how busy it was around this step
@@ -83,8 +87,8 @@ def run_ladder(
     for index, calls in enumerate(plan):
         profile = args.out / f"profile-{calls}.txt" if args.profile and index == len(plan) - 1 else None
         if base_tree is not None:
-            before.append(_step(calls, seconds, None, base_tree, "baseline"))
-        step = _step(calls, seconds, profile, None, "current" if base_tree is not None else "")
+            before.append(_step(calls, seconds, None, base_tree, "baseline", args.lockstep))
+        step = _step(calls, seconds, profile, None, "current" if base_tree is not None else "", args.lockstep)
         results.append(step)
         # An open ladder stops where neither tree holds its p99; steps asked for by --steps all run.
         if not args.steps and all(not p99_ok(s) or s["generator_bound"] for s in (step, *before[-1:])):

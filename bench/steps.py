@@ -117,7 +117,9 @@ def imported_from(env: dict[str, str], cwd: Path) -> str:
                           check=True, timeout=60).stdout.strip()
 
 
-def run_step(calls: int, seconds: float, profile: Path | None = None, tree: Path | None = None) -> dict[str, Any]:
+def run_step(
+    calls: int, seconds: float, profile: Path | None = None, tree: Path | None = None, lockstep: bool = False
+) -> dict[str, Any]:
     """Start the load generator and a fresh server, run `calls` calls for `seconds`, return the numbers.
 
     With `tree`, the server imports phonebridge from that checkout (bench/run --baseline); the load generator
@@ -147,11 +149,12 @@ def run_step(calls: int, seconds: float, profile: Path | None = None, tree: Path
         if profile is not None:
             spy = _start_profile(serve.pid, seconds, profile)
         spec = {"server_url": f"http://127.0.0.1:{port}", "serve_pid": serve.pid, "calls": calls,
-                "seconds": seconds, "public_url": PUBLIC_URL, "auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID}
+                "seconds": seconds, "public_url": PUBLIC_URL, "auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID,
+                "lockstep": lockstep}
         assert gen.stdin is not None
         gen.stdin.write(json.dumps(spec) + "\n")
         gen.stdin.flush()
-        result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 60)["result"])
+        result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 65)["result"])
         result["bridge_p99_bucket"] = p99_buckets(result.pop("metrics_after", ""), result.pop("metrics_before", ""))
         result["tree"] = str(root)
         return result

@@ -58,12 +58,24 @@ def test_best_step_ignores_generator_bound_and_slow_steps() -> None:
     assert report.best_step(steps, 0.005)["calls"] == 50  # type: ignore[index]
 
 
+@pytest.mark.parametrize("calls", [2, 10, 50, 100, 250, 500])
+def test_calls_start_spread_evenly_over_the_turn_cycle(calls: int) -> None:
+    import loadgen
+
+    phases = sorted(loadgen.phase(i) for i in range(calls))
+    assert phases[0] == 0.0 and phases[-1] < loadgen.CYCLE_S
+    gaps = [b - a for a, b in zip(phases, phases[1:] + [phases[0] + loadgen.CYCLE_S])]
+    even = loadgen.CYCLE_S / calls
+    # Golden-ratio spacing: at most three gap lengths, none far from the even split (lockstep: all gaps 0).
+    assert max(gaps) < 2 * even and min(gaps) > 0.4 * even
+
+
 @pytest.mark.timeout(60)
 def test_one_tiny_step_runs_end_to_end_in_separate_processes(tmp_path: Path) -> None:
     import steps
 
     result = steps.run_step(2, 2.0)
-    assert result["calls"] == 2
+    assert result["calls"] == 2 and result["lockstep"] is False
     assert result["failed_dials"] == 0
     assert result["stalls"] == 0
     assert result["negative"] == 0  # pairing never puts an arrival before its send
