@@ -4,7 +4,7 @@ no tasks and no clock (`now` is a parameter, on the pump's monotonic clock).
 It owns the stream rules (nothing counts before `start`, frames of another streamSid are ignored,
 sequence gaps are counted), the stream guard's start and media deadlines, transcoding the agent's audio into
 Twilio frames, what the caller was sent and heard (CallState: marks, barge-in, the cut turn's late audio),
-turn counting, the transcript (the caller's line also closes at turn boundaries), the call's statistics,
+turn counting, the transcript (its lines: phonebridge.call.transcript), the call's statistics,
 the hang-up or transfer that waits for the goodbye, and, through phonebridge.call.tool_turns, its function calls
 (one answer per id, epochs, kept results) and when the hold sound plays (its frames come out here too).
 
@@ -18,9 +18,9 @@ The pump (phonebridge.call.bridge) feeds it and then drains it, in this order::
     for effect in call.effects(): ...          # Open, Refuse, Expire, Stopped, HangUp, Transfer, StartTools, ...
     timer.reset(call.next_deadline())          # at least when call.tools.moved; see phonebridge.call.effects
 
-`receive_twilio` hands inbound media straight back (the hot path: the pump transcodes it with `inbound` and
-sends it to the model; media produces no other output, so the pump need not drain after it). Drains return
-a shared empty tuple when there is nothing, so a quiet drain allocates nothing.
+`receive_twilio` (and `receive_media`, which takes media alone) hands inbound media straight back: the pump
+transcodes it with `inbound` and sends it to the model; media produces no other output, so no drain follows
+it. A drain with nothing to give returns a shared empty tuple: a quiet drain allocates nothing.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from phonebridge.live.events import (
 )
 from phonebridge.twilio.stream_guard import IdleWatch, StreamGuard, agent_parameters
 from phonebridge.call.tool_turns import HOLD_AFTER_RESPONSE_MAX_S, ToolTurns
+from phonebridge.call.transcript import Transcript
 
 log = logging.getLogger("phonebridge.call")
 
@@ -69,8 +70,7 @@ class Call:
         self._model: list[ModelMessage] = []
         self._effects: list[Effect] = []
         self.tools = ToolTurns(self._effects_append, self.log, hold_after_s=hold_after_s, grace_s=hold_grace_s)
-        self._partial = {"caller": "", "agent": ""}
-        self._answering = False  # the model's turn has begun (its first audio or transcript)
+        self.transcript = Transcript(self._line)
         self._end_unlogged = False  # the app's gate held back this socket's guard line (a flood): end at DEBUG too
 
     # -- draining ----------------------------------------------------------------------------------------
@@ -115,10 +115,7 @@ class Call:
             return None
         if type(event) is twilio.Media:  # 50 a second: _ours' checks inline, and no match
             if self.start is not None and event.stream_sid == self.stream_sid:
-                stats = self.stats
-                stats.lost_frames += self._seq.observe(event.sequence_number)
-                stats.frames_in += 1
-                return event
+                return self._counted(event)
             self._ours(event)  # not ours: the same checks say why, and count and log it
             return None
         match event:
@@ -138,6 +135,24 @@ class Call:
             case twilio.Connected():
                 pass
         return None
+
+    def receive_media(self, text: str, now: float) -> twilio.Media | None:
+        """`receive_twilio` for our stream's media only (the pump's path with no await): None, having changed
+        nothing, for any other frame, which then goes to `receive_twilio`."""
+        try:
+            event = twilio.parse_event(text)
+        except TwilioProtocolError:
+            return None
+        if type(event) is not twilio.Media or self.start is None or event.stream_sid != self.stream_sid:
+            return None
+        if self._watch is not None:
+            self._watch.on_frame(now)
+        return self._counted(event)
+
+    def _counted(self, media: twilio.Media) -> twilio.Media:
+        self.stats.lost_frames += self._seq.observe(media.sequence_number)
+        self.stats.frames_in += 1
+        return media
 
     def receive_binary(self, now: float) -> None:
         """A binary WebSocket frame: Twilio sends only text."""
@@ -233,9 +248,7 @@ class Call:
 
     def agent_audio(self, pcm24k: bytes, now: float) -> bool:
         """The agent's audio (the hot path): frames to send, or dropped (False) when its turn was cut."""
-        if not self._answering:
-            self._answering = True
-            self._close_caller_line(now)
+        self.transcript.answer_begins(now)
         if self.state.drop_cut(len(pcm24k) // 6):  # 24 kHz 16-bit -> 8 kHz mu-law bytes, untranscoded
             return False
         if not self.tools.spoke:
@@ -255,15 +268,16 @@ class Call:
             case TurnComplete():
                 self._on_turn_complete(now)
             case InputText():
-                self._partial["caller"] += event.text
+                self.transcript.add("caller", event.text)
                 if event.finished:
-                    self._flush_transcript("caller", now)
+                    self.transcript.close("caller", now)
             case OutputText():
-                self._caller_line_ends_at_answer(now)
-                self._partial["agent"] += event.text
+                self.transcript.answer_begins(now)
+                self.transcript.add("agent", event.text)
             case ToolCalls():
-                self._close_caller_line(now)
-                self._on_tool_calls(event, now)
+                self.transcript.close_caller(now)
+                self.stats.tool_calls += len(event.calls)
+                self.tools.calls(event.calls, event.epoch, now, event.received_at)
             case ToolCancel():
                 self.tools.epoch_changed(event.epoch)
                 self._effects.append(CancelTools(event.ids))
@@ -277,8 +291,7 @@ class Call:
                 raise LocalProtocolError(f"the call core has no rule for {type(event).__name__}")
 
     def _on_interrupted(self, now: float, received_at: float) -> None:
-        self._answering = False
-        self._close_caller_line(now)
+        self.transcript.turn_over(now)
         barge_ins = len(self.state.barge_ins)
         actions = self.state.agent_interrupted(now)
         self._act(actions)
@@ -293,22 +306,14 @@ class Call:
             self._effects.append(Observe("barge_in", {"heard_s": heard, "turn": self.state.turn}))
 
     def _on_turn_complete(self, now: float) -> None:
-        self._answering = False
-        self._close_caller_line(now)
+        self.transcript.turn_over(now)
         if not self.state.cut:  # a cut turn's transcoder was reset at `interrupted` and fed nothing since
             tail = self._framer.push(self._outbound.flush()) + [self._framer.flush()]
             self._act(self.state.agent_audio([f for f in tail if f], now))
             if self.state.speaking:
                 self.stats.turns += 1
-        self._flush_transcript("agent", now)
+        self.transcript.close("agent", now)
         self._act(self.state.agent_turn_complete(now))
-
-    def _on_tool_calls(self, event: ToolCalls, now: float) -> None:
-        self.stats.tool_calls += len(event.calls)
-        self.log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in event.calls))
-        for call in event.calls:
-            self._effects.append(Observe("tool_call", {"id": call.id, "name": call.name, "args": dict(call.args or {})}))
-        self.tools.calls(event.calls, event.epoch, now, event.received_at)
 
     def tool_finished(self, outcome: Any, now: float) -> None:
         """A started handler's outcome (phonebridge.agent.tools.ToolOutcome): observed, and its call answered."""
@@ -328,25 +333,7 @@ class Call:
 
     # -- the transcript ------------------------------------------------------------------------------------
 
-    def _caller_line_ends_at_answer(self, now: float) -> None:
-        if not self._answering:
-            self._answering = True
-            self._close_caller_line(now)
-
-    def _close_caller_line(self, now: float) -> None:
-        """3.1 is reported to send the caller's words without `finished` (google/adk-python#6045 marks the first
-        text finished itself; googleapis/js-genai#1429): so the caller's line also closes when the model starts
-        answering (its first audio or transcript of a turn: words that trail in during the answer stay one
-        line), calls a tool, is interrupted or ends its turn. `finished` still closes it at once, and a closed
-        line is empty, so the two never write it twice."""
-        if self._partial["caller"]:
-            self._flush_transcript("caller", now)
-
-    def _flush_transcript(self, who: str, now: float) -> None:
-        text = " ".join(self._partial[who].split())
-        self._partial[who] = ""
-        if not text:
-            return
+    def _line(self, who: str, text: str, now: float) -> None:
         at = now - self.stats.started
         self.stats.transcript.append((at, who, text))
         self.log.info("[%7.2f s] %s: %s", at, who, text)
@@ -358,8 +345,7 @@ class Call:
         self._watch = None
         self.tools.close()
         self.stats.hold_plays = self.tools.plays
-        for who in ("caller", "agent"):
-            self._flush_transcript(who, now)
+        self.transcript.close_all(now)
 
     def log_summary(self, now: float) -> None:
         s, level = self.stats, logging.DEBUG if self._end_unlogged else logging.INFO

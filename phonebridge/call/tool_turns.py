@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from phonebridge.call.effects import Effect, SendToolResponse, StartTools
+from phonebridge.call.effects import Effect, Observe, SendToolResponse, StartTools
 from phonebridge.call.hold import HoldSound
 from phonebridge.call.tool_types import ToolCall, ToolResult
 
@@ -85,6 +85,9 @@ class ToolTurns:
 
     def calls(self, calls: tuple[ToolCall, ...], epoch: int, now: float, received_at: float = 0.0) -> None:
         """A toolCall from connection `epoch`: start what is new, share what is kept or running."""
+        self.log.info("model calls %s", ", ".join(f"{c.name}({c.args or {}})" for c in calls))
+        for call in calls:
+            self._emit(Observe("tool_call", {"id": call.id, "name": call.name, "args": dict(call.args or {})}))
         self.epoch_changed(epoch)
         self.spoke = False  # silent until answered; a chained call keeps the hold sound going
         self._stop_at = None

@@ -20,6 +20,7 @@ import enum
 from collections.abc import Sequence
 from typing import Any
 
+from google.genai import errors as genai_errors
 from google.genai import types
 
 from phonebridge.agent.definition import Agent
@@ -80,6 +81,16 @@ class HistoryMode(enum.Enum):
     NONE = "none"
 
 
+def add_to_history(history: list[types.Content], role: str, text: str) -> None:
+    """One transcript line onto `history`, a turn of the same role extended rather than repeated."""
+    if text:
+        if history and history[-1].role == role:
+            parts = history[-1].parts or []
+            parts.append(types.Part(text=text))
+        else:
+            history.append(types.Content(role=role, parts=[types.Part(text=text)]))
+
+
 def opening(handle: str | None, has_history: bool, mode: HistoryMode) -> Opening:
     if handle:
         return Opening.RESUMED
@@ -130,3 +141,12 @@ def fold_history(instructions: str, history: Sequence[types.Content]) -> str:
             break
         kept.append(line)
     return instructions + _FOLD_HEADER + "\n".join(reversed(kept))
+
+
+def cause_of(exc: BaseException) -> str:
+    """What ended a connection, as the reconnect counters and logs name it."""
+    if isinstance(exc, genai_errors.APIError):
+        return f"close_{exc.code}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__

@@ -137,19 +137,28 @@ def send_text(socket: Any, payload: bytes) -> bool:
     """Write `payload` (UTF-8 text) as one text frame now, as `await socket.send(payload, text=True)` would.
     False, with nothing written, whenever `send` might wait or raise: then call `send`. `socket` must have
     passed `usable`."""
-    transport = socket.transport
-    protocol = socket.protocol
-    if (
-        protocol.state is not _OPEN or socket.paused or socket.send_in_progress is not None
-        or protocol.expect_continuation_frame or transport.is_closing()
-    ):
+    if not writable(socket):
         return False
-    protocol.send_text(payload)
+    write_text(socket, payload)
+    return True
+
+
+def writable(socket: Any) -> bool:
+    """Whether `send` would write a text frame at once, neither waiting nor raising (`socket` passed `usable`)."""
+    protocol = socket.protocol
+    return not (
+        protocol.state is not _OPEN or socket.paused or socket.send_in_progress is not None
+        or protocol.expect_continuation_frame or socket.transport.is_closing()
+    )
+
+
+def write_text(socket: Any, payload: bytes) -> None:
+    """`send_text`'s write, unchecked: only in the loop turn `writable(socket)` said True."""
+    socket.protocol.send_text(payload)
     try:
         socket.send_data()  # the connection's own writer of data_to_send(): what send_context calls
     except Exception as exc:
         # What send_context does with a failed write: the connection is done; its reader sees it close.
         socket.set_connection_exc(exc)
-        transport.abort()
+        socket.transport.abort()
         raise
-    return True

@@ -31,7 +31,9 @@ from phonebridge.errors import ModelUnavailable
 import phonebridge.live.outbound as outbound
 from phonebridge.live.frames import AUDIO_MIME as AUDIO_MIME
 from phonebridge.live.frames import audio_message as audio_message
-from phonebridge.live.config import REFUSED, HistoryMode, Opening, after_refusal, build_config, opening
+from phonebridge.live.config import (
+    REFUSED, HistoryMode, Opening, add_to_history, after_refusal, build_config, cause_of, opening,
+)
 from phonebridge.live.resend import REPLAY_FRAMES, ResendBuffer
 from phonebridge.live.events import (
     AudioOut, GoAway, Interrupted, ModelEvent, OutputText, ResumptionUpdate, ToolCalls, TurnComplete, Usage,
@@ -107,15 +109,29 @@ class LiveLink:
 
     async def send_audio(self, pcm16k: bytes) -> None:
         """Send a frame of caller audio, or hold it for the next connection while there is none."""
-        session = self._session
+        if self.audio_ready():
+            self.send_audio_now(pcm16k)
+            return
+        self._resend.add_audio(pcm16k, time.monotonic())
+        try:
+            await outbound.send_audio(self._session, pcm16k, self._tap, self._fast_audio)
+        except Exception as exc:  # noqa: BLE001 - a dying connection: the replay buffer has the audio
+            self._log.debug("audio send failed; the next connection gets it again: %r", exc)
+
+    def audio_ready(self) -> bool:
+        """Whether `send_audio_now` may be called: no connection (the audio is held), or a direct write now."""
+        return self._session is None or outbound.audio_writable(self._session, self._fast_audio)
+
+    def send_audio_now(self, pcm16k: bytes) -> None:
+        """`send_audio` with no await: only in the loop turn `audio_ready()` said True."""
         dropped = self._resend.add_audio(pcm16k, time.monotonic())
-        if session is None:
+        if self._session is None:
             self.held_dropped += dropped
-        else:
-            try:
-                await outbound.send_audio(session, pcm16k, self._tap, self._fast_audio)
-            except Exception as exc:  # noqa: BLE001 - a dying connection: the replay buffer has the audio
-                self._log.debug("audio send failed; the next connection gets it again: %r", exc)
+            return
+        try:
+            outbound.write_audio(self._session, pcm16k, self._tap)
+        except Exception as exc:  # noqa: BLE001 - as in send_audio
+            self._log.debug("audio send failed; the next connection gets it again: %r", exc)
 
     async def send_text(self, text: str) -> bool:
         """Send a text turn. True once sent, or held for the connection being opened; False after close."""
@@ -165,12 +181,7 @@ class LiveLink:
 
     def remember(self, role: str, text: str) -> None:
         """Keep the transcript, to seed a fresh session if the service ever refuses our handle."""
-        if text:
-            if self._history and self._history[-1].role == role:
-                parts = self._history[-1].parts or []
-                parts.append(types.Part(text=text))
-            else:
-                self._history.append(types.Content(role=role, parts=[types.Part(text=text)]))
+        add_to_history(self._history, role, text)
 
     def detach(self) -> None:
         """After the conversation: forget the call's callbacks and transcript. A closed connection's error can
@@ -218,7 +229,7 @@ class LiveLink:
                 # A connection that dies at once does not count as recovered: the attempts stay bounded.
                 if connected_at is not None and time.monotonic() - connected_at > STABLE_CONNECTION_S:
                     failures = 0
-                cause = _cause(exc)
+                cause = cause_of(exc)
                 # A refusal that changes how the next connection opens is a step down a finite ladder, not
                 # a failed attempt: seeding refused, say, still leaves the folded and the plain session.
                 if not self._refusal_moves_on(exc):
@@ -384,11 +395,3 @@ class LiveLink:
 
 async def _discard(event: ModelEvent) -> None:
     return None
-
-
-def _cause(exc: BaseException) -> str:
-    if isinstance(exc, genai_errors.APIError):
-        return f"close_{exc.code}"
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timeout"
-    return type(exc).__name__

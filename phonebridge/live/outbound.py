@@ -35,6 +35,19 @@ async def send_audio(session: Any, pcm16k: bytes, tap: Tap, direct: bool) -> Non
         await session.send_realtime_input(audio=types.Blob(data=pcm16k, mime_type=AUDIO_MIME))
 
 
+def audio_writable(session: Any, direct: bool) -> bool:
+    """Whether `write_audio` may be called: `direct`, and the direct write would go out now, with no await."""
+    socket = getattr(session, "_ws", None) if direct else None
+    return socket is not None and live_frames.usable(socket) and live_frames.writable(socket)
+
+
+def write_audio(session: Any, pcm16k: bytes, tap: Tap) -> None:
+    """`send_audio`'s direct write, done at once: only in the loop turn `audio_writable` said True."""
+    if tap is not None:
+        tap("model_out", {"realtime_input": {"audio": {"mime_type": AUDIO_MIME, "data": pcm16k}}})
+    live_frames.write_text(session._ws, live_frames.audio_payload(pcm16k))
+
+
 async def send_text(session: Any, text: str, tap: Tap) -> None:
     if tap is not None:
         tap("model_out", {"realtime_input": {"text": text}})
