@@ -25,6 +25,7 @@ from phonebridge.call.opened import Live, TwilioSocket, notify, open_recorder, r
 from phonebridge.call.services import CallServices, CallStats, Reactions
 from phonebridge.errors import ModelUnavailable
 from phonebridge.live.events import AudioOut, ModelEvent
+from phonebridge.server.ws_inline import MediaSocket
 from phonebridge.twilio.stream_guard import StreamGuard
 from phonebridge.agent.tools import ToolOutcome
 
@@ -53,6 +54,8 @@ class CallSession(CallActions):
 
     async def run(self) -> CallStats:
         self._arm_timer()
+        if isinstance(self._ws, MediaSocket):
+            self._ws.offer_texts(self._media_now)
         try:
             async for message in self._ws:
                 if message.type == WSMsgType.TEXT:
@@ -74,15 +77,36 @@ class CallSession(CallActions):
         media = self.call.receive_twilio(text, self._loop.time())
         if media is None:
             await self._drain()
-        elif self._live is not None:  # the hot path: media produces nothing else to drain
+        elif self._live is not None:  # media produces nothing else to drain
             started = time.perf_counter()
             pcm = self.call.inbound.process(media.payload)
             transcoded = time.perf_counter()
             await self._live.link.send_audio(pcm)
-            metrics = self._svc.metrics
-            if metrics is not None:
-                metrics.observe_transcode("inbound", transcoded - started)
-                metrics.observe_inbound(time.perf_counter() - started)
+            self._observe_inbound(started, transcoded)
+
+    def _media_now(self, text: str) -> bool:
+        """The hot path, offered by a MediaSocket each text frame while `run` waits for the next (ws_inline):
+        our stream's media is transcoded and written to the model here, in the socket's read callback, when
+        that write needs no await. False, with nothing done, for anything else: `run` then receives it."""
+        live = self._live
+        if live is None or self._ended.is_set() or not live.link.audio_ready():
+            return False
+        started = time.perf_counter()
+        media = self.call.receive_media(text, self._loop.time())
+        if media is None:
+            return False
+        self._sock.received(text)
+        pcm = self.call.inbound.process(media.payload)
+        transcoded = time.perf_counter()
+        live.link.send_audio_now(pcm)
+        self._observe_inbound(started, transcoded)
+        return True
+
+    def _observe_inbound(self, started: float, transcoded: float) -> None:
+        metrics = self._svc.metrics
+        if metrics is not None:
+            metrics.observe_transcode("inbound", transcoded - started)
+            metrics.observe_inbound(time.perf_counter() - started)
 
     def _open(self, effect: fx.Open) -> None:
         self._sock.record(open_recorder(self._svc, effect.start, self._log))
@@ -214,6 +238,8 @@ class CallSession(CallActions):
         await self._sock.close()
 
     async def _shutdown(self) -> None:
+        if isinstance(self._ws, MediaSocket):
+            self._ws.offer_texts(None)  # the socket's queue held this session: no cycle left behind
         self._end()
         self.call.finish(time.monotonic())  # words cut off by the end of the call still reach the log
         await self._drain()  # transcript lines and their Remember: the link still keeps the history

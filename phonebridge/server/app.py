@@ -32,6 +32,7 @@ from phonebridge.server.resources import SharedResources
 from phonebridge.agent.handler_pool import HandlerPool
 from phonebridge.server.heap import HeapTrimmer
 from phonebridge.server.metrics import Metrics
+from phonebridge.server.ws_inline import MediaSocket
 from phonebridge.twilio.signatures import (
     STREAM_TOKEN_PARAMETER,
     SignatureChecker,
@@ -290,7 +291,7 @@ class _Handlers:
             return web.Response(status=503, text="not taking calls")
         services = self._rt.services
         assert services is not None
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
+        ws = MediaSocket(max_msg_size=MAX_FRAME_BYTES, autoping=True)
         await ws.prepare(request)
         session = CallSession(ws, services, self._guard)
         self._rt.add(session)
