@@ -208,3 +208,44 @@ def test_receive_media_before_start_is_left_to_receive_twilio() -> None:
     assert call.stats.ignored == 0
     call.receive_twilio(media(1), 0.1)
     assert call.stats.ignored == 1  # receive_twilio says why it is not taken
+
+
+# -- a whole call: the model hears the same audio with the read-callback path or without it -----------------
+
+SPOKEN = bytes((i * 7919 + (i >> 3) * 104729) % 256 for i in range(2 * 8000))  # 1 s at 8 kHz, 50 frames
+
+
+async def _heard_by_the_model(monkeypatch: pytest.MonkeyPatch, inline: bool) -> tuple[bytes, int]:
+    from phonebridge.agent.definition import Agent
+    from phonebridge.testing.harness import BridgeHarness
+    from phonebridge.testing.live_script import Say, Script, WaitForText
+
+    taken = [0]
+    if not inline:
+        monkeypatch.setattr(ws_inline, "_KNOWN", False)
+    else:
+        original = ws_inline._OfferingQueue._taken
+
+        def counting(self: Any, handler: Any, text: str) -> bool:
+            took = original(self, handler, text)
+            taken[0] += took
+            return took
+
+        monkeypatch.setattr(ws_inline._OfferingQueue, "_taken", counting)
+    agent = Agent(instructions="You are a test agent.", greeting="Greet the caller.")
+    async with BridgeHarness(agent, Script([WaitForText(), Say("Hello.")]), speed=20) as h:
+        async with h.caller(continuous=False) as caller:
+            await h.emulator.wait_for(lambda: bool(h.emulator.conversations))
+            await caller.say(SPOKEN, rate=8000)
+            connection = h.emulator.conversations[0].connections[-1]
+            await h.emulator.wait_for(lambda: len(connection.audio_in()) >= 50 * 640)
+            heard = connection.audio_in()
+    monkeypatch.undo()
+    return heard, taken[0]
+
+
+async def test_the_model_hears_the_same_audio_taken_in_the_callback_or_queued(monkeypatch: pytest.MonkeyPatch) -> None:
+    queued, _ = await _heard_by_the_model(monkeypatch, inline=False)
+    inline, taken = await _heard_by_the_model(monkeypatch, inline=True)
+    assert len(queued) == 50 * 640 and inline == queued
+    assert taken > 0  # the read-callback path carried frames of it

@@ -91,11 +91,11 @@ class CallSession(CallActions):
         live = self._live
         if live is None or self._ended.is_set() or not live.link.audio_ready():
             return False
-        started = time.perf_counter()
         media = self.call.receive_media(text, self._loop.time())
         if media is None:
             return False
         self._sock.received(text)
+        started = time.perf_counter()  # as on the queued path: from the parsed frame to the written audio
         pcm = self.call.inbound.process(media.payload)
         transcoded = time.perf_counter()
         live.link.send_audio_now(pcm)
