@@ -17,8 +17,8 @@ class Transcript:
 
     def __init__(self, on_line: Callable[[str, str, float], None]) -> None:
         self._on_line = on_line
-        self._open = {"caller": "", "agent": ""}
-        self.answering = False  # the model's turn has begun (its first audio or transcript)
+        self._open = dict.fromkeys(SPEAKERS, "")
+        self._answering = False  # the model's turn has begun (its first audio or transcript)
 
     def add(self, who: str, text: str) -> None:
         self._open[who] += text
@@ -36,18 +36,17 @@ class Transcript:
         answering (its first audio or transcript of a turn: words that trail in during the answer stay one
         line), calls a tool, is interrupted or ends its turn. `finished` still closes it at once, and a closed
         line is empty, so the two never write it twice."""
-        if self._open["caller"]:
-            self.close("caller", now)
+        self.close("caller", now)
 
     def answer_begins(self, now: float) -> None:
         """The model's first audio or transcript of a turn: the caller's line closes, once a turn."""
-        if not self.answering:
-            self.answering = True
+        if not self._answering:
+            self._answering = True
             self.close_caller(now)
 
     def turn_over(self, now: float) -> None:
         """Interrupted or complete: the next audio begins a new answer."""
-        self.answering = False
+        self._answering = False
         self.close_caller(now)
 
     def close_all(self, now: float) -> None:
