@@ -397,3 +397,41 @@ async def test_a_lone_call_cancelled_by_the_model_gets_no_response_and_ours_prop
     with pytest.raises(asyncio.CancelledError):
         await job
     assert stopped.is_set()
+
+
+async def test_a_handler_that_answers_at_once_is_answered_inside_start() -> None:
+    """The dispatcher starts handlers eagerly (phonebridge.agent.eager): an async handler that does not wait,
+    and a failing one, report their outcomes before start() returns, in the caller's own step; one that waits
+    has started (and not finished) by then; a sync one is in its thread's queue, answered later."""
+    registry = ToolRegistry()
+    gate = asyncio.Event()
+    began: list[str] = []
+
+    @registry.register
+    async def quick(order_id: str) -> dict[str, str]:
+        return {"order_id": order_id}
+
+    @registry.register
+    async def broken() -> None:
+        raise SystemExit(3)
+
+    @registry.register
+    async def slow() -> str:
+        began.append("slow")
+        await gate.wait()
+        return "done"
+
+    @registry.register
+    def blocking() -> str:
+        return "from a thread"
+
+    outcomes: list[ToolOutcome] = []
+    tools, _ = dispatcher(registry, on_outcome=outcomes.append)
+    tasks = tools.start([fc("quick", "1", order_id="A-1"), fc("broken", "2"), fc("slow", "3"), fc("blocking", "4")])
+    assert [(o.id, o.status) for o in outcomes] == [("1", "ok"), ("2", "error")]
+    assert began == ["slow"] and tools.open_ids >= {"3", "4"}
+    gate.set()
+    results = await tools.collect(tasks)
+    assert [r.response for r in results] == [
+        {"order_id": "A-1"}, results[1].response, {"result": "done"}, {"result": "from a thread"}]
+    assert "internal error" in results[1].response["error"]

@@ -20,6 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from phonebridge.agent import eager
 from phonebridge.agent.context import CallContext, normalize_transfer_target
 from phonebridge.errors import ConfigError, ToolArgumentError, ToolError, ToolResponseError
 from phonebridge.agent.handler_pool import HandlerPool, capture, unwrap
@@ -251,15 +252,19 @@ class ToolDispatcher:
         return await self.collect(self.start(calls))
 
     def start(self, calls: Sequence[ToolCall]) -> list[asyncio.Task[ToolResult]]:
-        """Start the calls' handlers now, from the caller's own step of the loop: every hop through the
-        loop before a handler starts is dead air for the caller (1-2 ms each at 100 calls a core)."""
+        """Start the calls' handlers now, inside the caller's own step of the loop (phonebridge.agent.eager):
+        every hop through the loop before a handler starts is dead air for the caller (up to 25 ms at p99 at
+        100 calls a core). A handler that answers without waiting has its outcome reported before this returns."""
         if self._closed:
             self._log.info("tool calls %s after close: not run", [c.name for c in calls])
             return []
-        tasks = [asyncio.create_task(self._answer(call), name=f"tool:{call.name}") for call in calls]
-        for task, call in zip(tasks, calls):
-            self._running[task] = call.id
-            task.add_done_callback(self._forget)
+        tasks = []
+        for call in calls:
+            task = eager.start(self._answer(call), name=f"tool:{call.name}")
+            tasks.append(task)
+            if not task.done():  # 3.12's eager task may be done already: nothing left to cancel
+                self._running[task] = call.id
+                task.add_done_callback(self._forget)
         return tasks
 
     async def collect(self, tasks: Sequence[asyncio.Task[ToolResult]]) -> list[ToolResult]:
