@@ -86,3 +86,34 @@ async def test_the_trimmer_waits_until_enough_lies_free() -> None:
         await trimmed.wait()
     await trimmer.stop(app)
     assert free == [100]  # three looks below the bar, then the trim
+
+
+def test_settle_heap_freezes_what_lives_now_and_makes_young_collections_rarer() -> None:
+    """serve's heap once it is up (phonebridge.server.serving.settle_heap): what is alive then is frozen out
+    of full collections, and the young generation waits for YOUNG_GC_THRESHOLD allocations; a young reference
+    cycle is still freed by the collector on its own, without an explicit gc.collect()."""
+    import gc
+    import weakref
+
+    from phonebridge.server.serving import YOUNG_GC_THRESHOLD, settle_heap
+
+    before = gc.get_threshold()
+    try:
+        settle_heap()
+        assert gc.get_threshold() == (YOUNG_GC_THRESHOLD, *before[1:])
+        assert gc.get_freeze_count() > 0
+        freed: list[int] = []
+
+        class Node:
+            pass
+
+        keep = []
+        for i in range(3 * YOUNG_GC_THRESHOLD):
+            node = Node()
+            node.me = node  # type: ignore[attr-defined]  # a cycle: refcounting alone never frees it
+            keep.append(weakref.ref(node, lambda _, i=i: freed.append(i)))
+            del node
+        assert len(freed) >= YOUNG_GC_THRESHOLD, "the collector ran by itself and freed the young cycles"
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
