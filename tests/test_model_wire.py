@@ -19,10 +19,12 @@ from google.genai import types
 from phonebridge.agent.definition import Agent
 from phonebridge.server.app import NO_COMPRESSION
 from phonebridge.live.link import AUDIO_MIME, LiveLink, audio_message
-from phonebridge.live.events import AudioOut, OutputText, TurnComplete, translate
+from phonebridge.live.events import (
+    AudioOut, GenerationComplete, InputText, Interrupted, OutputText, ResumptionUpdate, TurnComplete, translate,
+)
 from phonebridge.live.events import GoAway as GoAwayEvent
 from phonebridge.errors import ModelProtocolError
-from phonebridge.live.wire import SessionReader, audio_events, reader_for, sdk_message, wire_events
+from phonebridge.live.wire import SessionReader, audio_events, plain_events, reader_for, sdk_message, wire_events
 from phonebridge.testing.live_emulator import LiveEmulator
 from phonebridge.testing.live_script import (
     CallTools, GoAway, Hear, Say, Script, ToolCallSpec, Usage, WaitForText,
@@ -116,7 +118,9 @@ async def test_wire_events_equal_the_sdks_own_receive_for_every_message_the_emul
     assert len(sent) == len(by_sdk) > 10
     assert [wire_events(message)[0] for message in sent] == by_sdk
     fast = [message for message in sent if audio_events(message) is not None]
-    assert len(fast) >= 10  # the direct path carried the audio, the SDK the rest
+    assert len(fast) >= 10  # the direct path carried the audio
+    plain = [message for message in sent if plain_events(message) is not None]
+    assert len(plain) >= 3 and not any(audio_events(m) for m in plain)  # and the turns' housekeeping
     kinds = {type(e).__name__ for events in by_sdk for e in events}
     assert {"AudioOut", "OutputText", "InputText", "TurnComplete", "ToolCalls", "Usage", "ResumptionUpdate",
             "GoAway"} <= kinds
@@ -216,6 +220,75 @@ def _sdk_events(message: dict) -> object:
 @settings(max_examples=200, deadline=None)
 def test_the_fast_path_gives_the_sdks_events_or_leaves_the_message_to_the_sdk(message: dict) -> None:
     fast = audio_events(message)
+    if fast is not None:
+        assert fast == _sdk_events(message)  # and so the SDK would not have refused it either
+    events = _sdk_events(message)
+    if isinstance(events, list):
+        assert wire_events(message)[0] == events
+
+
+def test_plain_events_take_transcripts_flags_and_resumption_updates_and_nothing_else():
+    def content(**fields: object) -> dict:
+        return {"serverContent": fields}
+
+    assert plain_events(content(turnComplete=True)) == [TurnComplete()]
+    assert plain_events(content(interrupted=True, turnComplete=True)) == [Interrupted(), TurnComplete()]
+    (cut,) = plain_events(content(interrupted=True), received_at=12.5, epoch=3)  # type: ignore[misc]
+    assert isinstance(cut, Interrupted) and (cut.received_at, cut.epoch) == (12.5, 3)  # the clear's reaction clock
+    assert plain_events(content(inputTranscription={"text": "where is", "finished": True}, generationComplete=True,
+                                outputTranscription={"text": "It "})) == [
+        InputText("where is", True), OutputText("It "), GenerationComplete()]
+    assert plain_events(content(inputTranscription={"text": ""}, turnComplete=False)) == []
+    assert plain_events({"sessionResumptionUpdate": {"newHandle": "h-1", "resumable": True,
+                                                     "lastConsumedClientMessageIndex": "41"}}) == [
+        ResumptionUpdate("h-1", True)]
+    assert plain_events({"sessionResumptionUpdate": {"resumable": False}}) == [ResumptionUpdate(None, False)]
+    assert plain_events({"sessionResumptionUpdate": {"resumable": True}}) == [ResumptionUpdate(None, False)]
+    for odd in (
+        content(turnComplete="true"), content(interrupted=1), content(inputTranscription={"text": 3}),
+        content(outputTranscription={"text": "a", "finished": "no"}), content(inputTranscription="hi"),
+        content(turnComplete=True, usageMetadata={}), content(modelTurn={"parts": []}),
+        content(turnCompleteReason="GENERATION_COMPLETE"), {**content(turnComplete=True), "usageMetadata": {}},
+        {"sessionResumptionUpdate": {"newHandle": 5}}, {"sessionResumptionUpdate": {"resumable": "yes"}},
+        {"sessionResumptionUpdate": {"lastConsumedClientMessageIndex": "-1"}},
+        {"sessionResumptionUpdate": {"lastConsumedClientMessageIndex": "\u00b2"}},
+        {"sessionResumptionUpdate": {"newHandle": "h", "extra": 1}}, {"sessionResumptionUpdate": None},
+        {"setupComplete": {}}, {"goAway": {"timeLeft": "5s"}}, {"serverContent": None},
+    ):
+        assert plain_events(odd) is None, odd
+
+
+@st.composite
+def plain_messages(draw: st.DrawFn) -> dict:
+    """A transcript, flag or resumption message, with up to three fields added or replaced anywhere."""
+    if draw(st.booleans()):
+        update = {"newHandle": draw(st.sampled_from(["h-1", "", None])), "resumable": draw(st.booleans()),
+                  "lastConsumedClientMessageIndex": draw(st.sampled_from(["0", "41", "9" * 30, None]))}
+        message: dict = {"sessionResumptionUpdate": {k: v for k, v in update.items() if v is not None}}
+    else:
+        content: dict = {}
+        for flag in ("interrupted", "generationComplete", "turnComplete"):
+            if draw(st.booleans()):
+                content[flag] = draw(st.booleans())
+        for name in ("inputTranscription", "outputTranscription"):
+            if draw(st.booleans()):
+                content[name] = {"text": draw(st.text(max_size=5)), "finished": draw(st.booleans())}
+        message = {"serverContent": content}
+    for _ in range(draw(st.integers(0, 3))):
+        dicts = [message]
+        for item in dicts:
+            dicts.extend(v for v in item.values() if isinstance(v, dict))
+        target = draw(st.sampled_from(dicts))
+        names = field_names | st.sampled_from(["newHandle", "resumable", "lastConsumedClientMessageIndex",
+                                                "generationComplete", "sessionResumptionUpdate"])
+        target[draw(names | st.sampled_from(sorted(target)) if target else names)] = draw(odd_values)
+    return message
+
+
+@given(plain_messages())
+@settings(max_examples=300, deadline=None)
+def test_the_plain_path_gives_the_sdks_events_or_leaves_the_message_to_the_sdk(message: dict) -> None:
+    fast = plain_events(message)
     if fast is not None:
         assert fast == _sdk_events(message)  # and so the SDK would not have refused it either
     events = _sdk_events(message)

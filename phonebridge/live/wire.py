@@ -1,12 +1,13 @@
-"""The Live session's receive path without the SDK's per-message pydantic parse for the commonest message.
+"""The Live session's receive path without the SDK's per-message pydantic parse for the commonest messages.
 
 Most server messages of a call are one chunk of the model's audio (with its transcript slice). The SDK turns each into
 a LiveServerMessage (JSON, its converter, pydantic validation: ~100 us a message, the largest single cost of
-a call after the sockets); for these we decode the JSON and the base64 ourselves (~12 us). Every other
-message goes through the SDK's own conversion, exactly as `session.receive()` does it, so the call sees the
-same events either way (tests hold the two equal). The session's socket and converter are private SDK
-attributes: where either is missing (another SDK version, Vertex AI), `reader_for` returns None and the
-caller uses `session.receive()`.
+a call after the sockets); for these we decode the JSON and the base64 ourselves (~12 us). The next commonest,
+several a turn (transcript slices, interrupted, generationComplete, turnComplete, sessionResumptionUpdate),
+take the same kind of path (`plain_events`). Every other message goes through the SDK's own conversion,
+exactly as `session.receive()` does it, so the call sees the same events either way (tests hold the two
+equal). The session's socket and converter are private SDK attributes: where either is missing (another SDK
+version, Vertex AI), `reader_for` returns None and the caller uses `session.receive()`.
 
 The fast path takes a message only when the SDK would build it without complaint and translate it to the same
 events: any field it does not know, or a known one of another type, sends the message down the SDK's path.
@@ -27,7 +28,10 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from phonebridge.errors import ModelProtocolError
-from phonebridge.live.events import AudioOut, ModelEvent, OutputText, translate
+from phonebridge.live.events import (
+    AudioOut, GenerationComplete, InputText, Interrupted, ModelEvent, OutputText, ResumptionUpdate, TurnComplete,
+    translate,
+)
 
 try:  # private to the SDK: the reader is only used while it is there
     from google.genai import _live_converters
@@ -71,6 +75,65 @@ def audio_events(data: Mapping[str, Any]) -> list[ModelEvent] | None:
     return events
 
 
+_FLAGS = ("interrupted", "generationComplete", "turnComplete")
+_PLAIN_CONTENT = {*_FLAGS, "inputTranscription", "outputTranscription"}
+_RESUMPTION = {"newHandle", "resumable", "lastConsumedClientMessageIndex"}
+
+
+def plain_events(data: Mapping[str, Any], received_at: float = 0.0, epoch: int = 0) -> list[ModelEvent] | None:
+    """The events of the commonest messages after audio, as translate() would give them: serverContent with
+    no modelTurn (transcript slices, interrupted, generationComplete, turnComplete) and sessionResumptionUpdate.
+    Several per turn, each ~100 us through the SDK's parse, and `interrupted` is the barge-in reaction's start.
+    Only exactly typed fields (JSON booleans, strings): anything else is None, for the SDK's path to judge."""
+    if len(data) != 1:
+        return None
+    if "sessionResumptionUpdate" in data:
+        return _resumption(data["sessionResumptionUpdate"])
+    content = data.get("serverContent")
+    if not isinstance(content, dict) or not set(content) <= _PLAIN_CONTENT:
+        return None
+    interrupted, generated, complete = (content.get(flag) for flag in _FLAGS)
+    if not all(isinstance(flag, (bool, type(None))) for flag in (interrupted, generated, complete)):
+        return None
+    heard, said = _transcription(content.get("inputTranscription")), _transcription(content.get("outputTranscription"))
+    if heard is None or said is None:
+        return None
+    events: list[ModelEvent] = [Interrupted(received_at, epoch)] if interrupted else []
+    if heard[0]:
+        events.append(InputText(heard[0], bool(heard[1])))
+    if said[0]:
+        events.append(OutputText(said[0]))
+    if generated:
+        events.append(GenerationComplete())
+    if complete:
+        events.append(TurnComplete())
+    return events
+
+
+def _transcription(value: Any) -> tuple[str | None, bool | None] | None:
+    """(text, finished) of a transcription object, (None, None) when absent; None when not exactly typed."""
+    if value is None:
+        return None, None
+    if not isinstance(value, dict) or not set(value) <= {"text", "finished"}:
+        return None
+    text, finished = value.get("text"), value.get("finished")
+    if not isinstance(text, (str, type(None))) or not isinstance(finished, (bool, type(None))):
+        return None
+    return text, finished
+
+
+def _resumption(update: Any) -> list[ModelEvent] | None:
+    if not isinstance(update, dict) or not set(update) <= _RESUMPTION:
+        return None
+    handle, resumable = update.get("newHandle"), update.get("resumable")
+    index = update.get("lastConsumedClientMessageIndex")  # int64: a JSON string, as the service sends it
+    if not isinstance(handle, (str, type(None))) or not isinstance(resumable, (bool, type(None))):
+        return None
+    if index is not None and not (isinstance(index, str) and index.isascii() and index.isdigit()):
+        return None
+    return [ResumptionUpdate(handle or None, bool(resumable and handle))]
+
+
 def _audio_part(part: Any) -> bytes | None:
     blob = part.get("inlineData") if isinstance(part, dict) and len(part) == 1 else None
     if not isinstance(blob, dict) or not set(blob) <= {"data", "mimeType"}:
@@ -102,6 +165,8 @@ def wire_events(
     """The events of one decoded server message, and the SDK's message when it was built (else None).
     `received_at` and `epoch` stamp the events that carry them (events.py); the audio path's carry none."""
     events = audio_events(data)
+    if events is None:
+        events = plain_events(data, received_at, epoch)
     if events is not None:
         return events, None
     message = convert(data)
