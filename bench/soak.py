@@ -70,7 +70,7 @@ class ChaosLive(LeanLive):
         ws = web.WebSocketResponse(max_msg_size=0, autoping=True)
         await ws.prepare(request)
         self.connections_made += 1
-        conversation = _Conversation(ws, Timeline(), self._speech, self._tool_every, self.handles)
+        conversation = _Conversation(ws, Timeline(), self._speech, self._tool_every, self.handles, self.loudness)
         self.open[id(ws)] = (ws, request)
         try:
             await conversation.run()

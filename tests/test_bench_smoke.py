@@ -95,6 +95,21 @@ def _fake_audio() -> dict[str, float]:
     return {key: 1.0 for key in keys}
 
 
+def test_a_tiny_soak_runs_its_calls_and_faults_without_a_drop() -> None:
+    """bench/soak as a user runs it (it once broke silently when the lean Live server's connection changed)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "soak.py"), "--calls", "2", "--minutes", "0.1", "--call-seconds", "3",
+         "--fault-every", "2"], capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    lines = [line.split() for line in (done.stdout + done.stderr).splitlines()]
+    assert ["calls", "dropped", "0"] in [words[:3] for words in lines], done.stdout[-3000:]
+    assert any(words[:2] == ["calls", "completed"] and int(words[2]) >= 2 for words in lines)
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+
+
 def test_soak_judges_rss_over_the_second_half_of_a_long_enough_run() -> None:
     import soak
 
