@@ -129,7 +129,8 @@ def rows(
 
 
 def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
-    """Every step's latency and CPU, for a before/after table (the main rows show one step only)."""
+    """Every step's latency, CPU and reactions on the bridge's clock (the issue reads those at 100 calls),
+    for a before/after table (the main rows show one step only)."""
     out: list[Row] = []
     for s in steps:
         tag = _tag(s)
@@ -137,6 +138,12 @@ def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
             out.append((f"{way} added latency p50/p99 {tag}", f"{_ms(s[way]['p50'])} / {_ms(s[way]['p99'])}",
                         "p99 <= 5 ms", _verdict(s[way]["p99"] <= target_s)))
         out.append((f"server CPU per call {tag}", f"{s['cpu_per_call'] * 100:.2f} % of a core", "INFO", "INFO"))
+        buckets = s.get("bridge_p99_bucket", {})
+        for kind, label, target in REACTIONS:
+            if f"reaction_{kind}" in buckets:
+                own = buckets[f"reaction_{kind}"]
+                out.append((f"{label} p99 bucket, bridge's clock {tag}", f"<= {own * 1e3:g} ms", target,
+                            _verdict(own <= 0.001, own)))
     return out
 
 

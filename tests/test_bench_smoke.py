@@ -179,3 +179,13 @@ def test_a_step_whose_dials_partly_failed_pairs_with_the_other_trees_by_the_coun
     before, after = report.step_rows([step(50, 48)], 0.005), report.step_rows([step(50, 50)], 0.005)  # type: ignore[list-item]
     assert before[0][0] == "inbound added latency p50/p99 @50 (48 dialled)"
     assert [row[1] != "n/a" for row in report.compare(before, after)] == [True, True, True]
+
+
+def test_every_step_shows_its_reactions_on_the_bridges_clock_against_their_targets() -> None:
+    latency = {"p50": 0.001, "p99": 0.002}
+    step = {"calls": 100, "inbound": latency, "outbound": latency, "cpu_per_call": 0.008,
+            "bridge_p99_bucket": {"reaction_clear": 0.0005, "reaction_tool_start": 0.0025, "reaction_tool_reply": 0.001}}
+    rows = {row[0]: row[1:] for row in report.step_rows([step], 0.005)}
+    assert rows["toolCall -> handler start p99 bucket, bridge's clock @100"] == ("<= 2.5 ms", "< 1 ms", "FAIL")
+    assert rows["handler return -> tool_response p99 bucket, bridge's clock @100"][-1] == "PASS"
+    assert rows["interrupted -> clear p99 bucket, bridge's clock @100"] == ("<= 0.5 ms", "<= 1 ms", "PASS")
