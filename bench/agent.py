@@ -7,6 +7,7 @@ handler started" and "handler returned -> tool_response sent" without any hook i
 
 from __future__ import annotations
 
+import os
 import time
 
 from phonebridge import Agent
@@ -18,8 +19,21 @@ agent = Agent(
 )
 
 
-@agent.tool
-async def lookup_order(order_id: str) -> dict[str, object]:
-    """Look up an order by its id."""
+def _answer(order_id: str) -> dict[str, object]:
     started = time.monotonic()
     return {"order_id": order_id, "status": "out for delivery", "started": started, "returned": time.monotonic()}
+
+
+if os.environ.get("PHONEBRIDGE_BENCH_SYNC_TOOL"):  # bench/run --sync-tool: a plain def, run in a pool thread
+
+    @agent.tool
+    def lookup_order(order_id: str) -> dict[str, object]:
+        """Look up an order by its id."""
+        return _answer(order_id)
+
+else:
+
+    @agent.tool
+    async def lookup_order(order_id: str) -> dict[str, object]:
+        """Look up an order by its id."""
+        return _answer(order_id)

@@ -20,6 +20,7 @@ import baseline
 import quality
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SYNC_TOOL_ENV = "PHONEBRIDGE_BENCH_SYNC_TOOL"  # bench/agent.py's own switch
 STEPS = (25, 50, 100, 150, 250, 350, 500)
 QUICK_STEPS = (5, 10)
 P99_TARGET_S = 0.005
@@ -37,6 +38,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="also run a git revision's server (a temporary worktree), step by step, for before/after")
     parser.add_argument("--lockstep", action="store_true",
                         help="start every call's conversation at once (figures before 2026-12-03 were measured so)")
+    parser.add_argument("--sync-tool", action="store_true",
+                        help="serve bench/agent.py's tool as a plain def (run in the handler pool's threads)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     return parser.parse_args(argv)
 
@@ -98,6 +101,8 @@ def run_ladder(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.sync_tool:  # read by bench/agent.py in every server this run starts, baseline's too
+        os.environ[SYNC_TOOL_ENV] = "1"
     seconds = args.seconds if args.seconds is not None else (6.0 if args.quick else 20.0)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()

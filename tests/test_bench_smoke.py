@@ -189,3 +189,14 @@ def test_every_step_shows_its_reactions_on_the_bridges_clock_against_their_targe
     assert rows["toolCall -> handler start p99 bucket, bridge's clock @100"] == ("<= 2.5 ms", "< 1 ms", "FAIL")
     assert rows["handler return -> tool_response p99 bucket, bridge's clock @100"][-1] == "PASS"
     assert rows["interrupted -> clear p99 bucket, bridge's clock @100"] == ("<= 0.5 ms", "<= 1 ms", "PASS")
+
+
+@pytest.mark.parametrize(("env", "is_async"), [("", True), ("1", False)])
+def test_the_bench_agents_tool_is_a_plain_def_with_sync_tool(monkeypatch: pytest.MonkeyPatch, env: str,
+                                                              is_async: bool) -> None:
+    """bench/run --sync-tool sets the variable for the servers it starts; the agent reads it at import."""
+    from phonebridge.agent.definition import load_agent
+
+    monkeypatch.setenv("PHONEBRIDGE_BENCH_SYNC_TOOL", env)
+    spec = load_agent(str(BENCH / "agent.py")).tools.get("lookup_order")
+    assert spec is not None and spec.is_async is is_async
