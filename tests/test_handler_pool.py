@@ -181,3 +181,59 @@ async def test_an_app_gives_its_loop_the_daemon_executor() -> None:
     assert name.startswith("phonebridge-default") and threading.current_thread().name != name
     with pytest.raises(StopAsyncIteration):
         await ctx.__anext__()
+
+
+async def test_a_sync_handlers_answer_is_reported_from_the_callback_that_brings_it_back() -> None:
+    """One loop turn sooner than its task could: the outcome (and so the tool_response) goes out while the
+    handler's task has not yet woken; the task then returns that same answer, and nothing is reported twice.
+    A failing handler is answered the same way, with its error."""
+    registry = ToolRegistry()
+
+    def lookup(order_id: str) -> dict[str, str]:
+        return {"order_id": order_id}
+
+    registry.register(lookup, name="lookup")
+
+    def broken() -> None:
+        raise SystemExit(2)
+
+    registry.register(broken, name="broken")
+    pool = HandlerPool(max_threads=4, per_call=2)
+    seen: list[tuple[str | None, str, bool]] = []
+    reported = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+
+    def on_outcome(outcome: Any) -> None:
+        seen.append((outcome.id, outcome.status, asyncio.current_task() is None))  # a callback, not the task
+        if len(seen) == 2:
+            reported.set()
+
+    try:
+        tools = ToolDispatcher(registry, CallContext.for_test(), default_timeout_s=5.0, executor=pool,
+                               on_outcome=on_outcome)
+        tasks += tools.start([fc("lookup", "1", order_id="A-1")])
+        tasks += tools.start([fc("broken", "2")])
+        await asyncio.wait_for(reported.wait(), 10)
+        assert sorted(seen) == [("1", "ok", True), ("2", "error", True)]
+        results = [await t for t in tasks]
+        assert [r.response for r in results] == [{"order_id": "A-1"}, results[1].response]
+        assert "internal error" in results[1].response["error"]
+        assert len(tools.outcomes) == 2
+    finally:
+        pool.shutdown()
+
+
+async def test_a_sync_answer_already_sent_stands_when_the_call_is_cancelled_before_its_task_wakes() -> None:
+    registry = ToolRegistry()
+    registry.register(lambda: "done", name="quick")
+    pool = HandlerPool(max_threads=2, per_call=1)
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        tools = ToolDispatcher(registry, CallContext.for_test(), default_timeout_s=5.0, executor=pool,
+                               on_outcome=lambda outcome: tasks[0].cancel())  # the model cancels, too late
+        tasks += tools.start([fc("quick", "1")])
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert [(o.status, o.response) for o in tools.outcomes] == [("ok", {"result": "done"})]  # no "cancelled"
+    finally:
+        pool.shutdown()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -66,6 +67,16 @@ def unwrap(value: Any) -> Any:
     if isinstance(value, Raised):
         raise value.error
     return value
+
+
+class _Taken:
+    """What `CallShare.run` returns when its `taken` callback took the handler's result (see there)."""
+
+    def __repr__(self) -> str:
+        return "TAKEN"
+
+
+TAKEN: Any = _Taken()
 
 
 @dataclass(eq=False)
@@ -222,8 +233,15 @@ class CallShare:
         """Slots held: handlers of this call running in (or queued for) a thread, hung ones included."""
         return self._held
 
-    async def run(self, fn: Callable[[], Any], name: str = "handler") -> Any:
-        """fn() in a pool thread, once this call has a free slot; its value, or what it raised."""
+    async def run(
+        self, fn: Callable[[], Any], name: str = "handler", taken: Callable[[Any], None] | None = None
+    ) -> Any:
+        """fn() in a pool thread, once this call has a free slot; its value, or what it raised.
+
+        With `taken`, the result (capture()'s: a value or Raised) goes to `taken` instead, in the loop callback
+        that brings it back from the thread, and this returns TAKEN: the awaiting task wakes a loop turn later
+        than that callback runs, and at 100 calls a turn is milliseconds of a caller's silence. Not called
+        once this coroutine was cancelled (a timeout, the model's cancellation): the result is dropped then."""
         if self._slots.locked() and not self._waited:
             self._waited = True  # once per call: a model looping on a hung tool must not flood the log
             self._log.warning("tool %s waits: this call's %d handler threads are all busy", name, self._limit)
@@ -231,7 +249,8 @@ class CallShare:
         self._held += 1
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
-        job = _Job(fn, name, lambda result: _deliver_threadsafe(loop, self._finished, answer, result))
+        finished = self._finished if taken is None else functools.partial(self._take, taken)
+        job = _Job(fn, name, lambda result: _deliver_threadsafe(loop, finished, answer, result))
         try:
             self._pool._submit(job)
         except BaseException:
@@ -248,6 +267,18 @@ class CallShare:
         self._release()
         if not answer.done():
             answer.set_result(result)
+
+    def _take(self, taken: Callable[[Any], None], answer: asyncio.Future[Any], result: Any) -> None:
+        if answer.done():  # cancelled meanwhile: nobody wants the result, as in _finished
+            self._release()
+            return
+        try:
+            taken(result)
+        except Exception:  # our bug: the awaiting task still gets the result and answers with it
+            self._log.exception("a handler's result could not be taken in its callback: its task answers")
+            self._finished(answer, result)
+            return
+        self._finished(answer, TAKEN)
 
     def _release(self) -> None:
         self._held -= 1
