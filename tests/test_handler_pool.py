@@ -5,6 +5,7 @@ for no hung thread. Every wait is on an event a handler sets; the handlers are r
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,6 +17,7 @@ from phonebridge.agent.context import CallContext
 from phonebridge.agent.handler_pool import DaemonThreadExecutor, HandlerPool
 from phonebridge.agent.tools import ToolDispatcher, ToolRegistry
 
+CALL: contextvars.ContextVar[str] = contextvars.ContextVar("CALL", default="")
 TIMEOUT = {"error": "The hang tool did not answer within 0.3 seconds and was stopped."}
 
 
@@ -204,6 +206,7 @@ async def test_a_sync_handlers_answer_is_reported_from_the_callback_that_brings_
     tasks: list[asyncio.Task[Any]] = []
 
     def on_outcome(outcome: Any) -> None:
+        assert CALL.get() == "CA-1", "reported in the call's context: its log lines and events stay tagged"
         seen.append((outcome.id, outcome.status, asyncio.current_task() is None))  # a callback, not the task
         if len(seen) == 2:
             reported.set()
@@ -211,6 +214,7 @@ async def test_a_sync_handlers_answer_is_reported_from_the_callback_that_brings_
     try:
         tools = ToolDispatcher(registry, CallContext.for_test(), default_timeout_s=5.0, executor=pool,
                                on_outcome=on_outcome)
+        CALL.set("CA-1")
         tasks += tools.start([fc("lookup", "1", order_id="A-1")])
         tasks += tools.start([fc("broken", "2")])
         await asyncio.wait_for(reported.wait(), 10)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import threading
@@ -250,7 +251,10 @@ class CallShare:
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
         finished = self._finished if taken is None else functools.partial(self._take, taken)
-        job = _Job(fn, name, lambda result: _deliver_threadsafe(loop, finished, answer, result))
+        # The callback runs in this task's context (a copy), not the worker thread's empty one: what `taken`
+        # reports carries the call's context variables (its log and event tags), as the task's report did.
+        context = contextvars.copy_context()
+        job = _Job(fn, name, lambda result: _deliver_threadsafe(loop, finished, answer, result, context))
         try:
             self._pool._submit(job)
         except BaseException:
@@ -287,10 +291,10 @@ class CallShare:
 
 def _deliver_threadsafe(
     loop: asyncio.AbstractEventLoop, finished: Callable[[asyncio.Future[Any], Any], None],
-    answer: asyncio.Future[Any], result: Any,
+    answer: asyncio.Future[Any], result: Any, context: contextvars.Context | None = None,
 ) -> None:
     try:
-        loop.call_soon_threadsafe(finished, answer, result)
+        loop.call_soon_threadsafe(finished, answer, result, context=context)
     except RuntimeError:
         pass  # the loop is closed (the server stopped while this handler hung): nobody awaits it any more
 
