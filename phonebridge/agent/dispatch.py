@@ -3,7 +3,7 @@
 Split from phonebridge.agent.tools (the registry and the typed specs) as the dispatcher grew: async handlers
 start eagerly (phonebridge.agent.eager), sync ones in the call's share of the HandlerPool, and a sync
 handler's answer is reported from the loop callback that brings it back from its thread, one loop turn sooner
-than its task could (`_Early`).
+than its task could (`CallShare.run`'s `taken`).
 """
 
 from __future__ import annotations
@@ -164,43 +164,45 @@ class ToolDispatcher:
     async def _answer(self, call: ToolCall) -> ToolResult:
         name, args = call.name or "", dict(call.args or {})  # `or`: tests and users may pass the SDK's FunctionCall
         started = time.monotonic()
-        early = _Early(started)
+        early: dict[str, Any] | None = None  # a sync handler's answer, once sent from its thread's callback
+
+        def answered(status: Status, response: dict[str, Any]) -> None:
+            nonlocal early
+            early = response
+            self._record(call, name, args, response, status, started)
+
         try:
-            status, response = await self._run(name, args, lambda answer: self._record_early(call, early, answer))
+            answer = await self._run(name, args, answered)
         except asyncio.CancelledError:
-            if early.response is None:  # answered already from the thread's callback: that answer stands
+            if early is None:  # answered already from the thread's callback: that answer stands
                 self._record(call, name, args, None, "cancelled", started)
             raise
-        if early.response is not None:
-            return ToolResult(call.id, name, early.response)
-        self._record(call, name, args, response, status, started)
-        return ToolResult(call.id, name, response)
-
-    def _record_early(self, call: ToolCall, early: _Early, answer: tuple[Status, dict[str, Any]]) -> None:
-        name, args = call.name or "", dict(call.args or {})
-        early.response = answer[1]
-        self._record(call, name, args, answer[1], answer[0], early.started)
+        if answer is None:
+            assert early is not None
+            return ToolResult(call.id, name, early)
+        self._record(call, name, args, answer[1], answer[0], started)
+        return ToolResult(call.id, name, answer[1])
 
     async def _run(
-        self, name: str, args: dict[str, Any], answered: Callable[[tuple[Status, dict[str, Any]]], None]
-    ) -> tuple[Status, dict[str, Any]]:
-        """The handler's answer; a sync handler's is given to `answered` as soon as its thread is done (then
-        what this returns is not used)."""
+        self, name: str, args: dict[str, Any], answered: Callable[[Status, dict[str, Any]], None]
+    ) -> tuple[Status, dict[str, Any]] | None:
+        """The handler's answer; None when a sync handler's was given to `answered` as soon as its thread was
+        done (one loop turn before this task could give it)."""
         spec = self._registry.get(name)
         if spec is None:
             known = ", ".join(self._registry.names) or "none"
             return "unknown", {"error": f"There is no tool named {name!r}. The available tools are: {known}."}
         timeout_s = spec.timeout_s if spec.timeout_s is not None else self._default_timeout_s
-
-        given: list[bool] = []
+        given = False
 
         def taken(result: Any) -> None:  # in the loop callback that brings a sync handler's result back
+            nonlocal given
             try:
                 answer: tuple[Status, dict[str, Any]] = ("ok", to_response(unwrap(result)))
             except BaseException as exc:  # noqa: BLE001 - the handler's, answered as _run answers it
                 answer = self._failure(name, timeout_s, exc)
-            given.append(True)
-            answered(answer)
+            given = True
+            answered(*answer)
 
         try:
             # Binding is inside: a parameter type's own validator is handler code too, and may raise anything.
@@ -209,10 +211,10 @@ class ToolDispatcher:
                 kwargs[spec.context_param] = self._context
             async with asyncio.timeout(timeout_s):
                 value = await self._invoke(spec, kwargs, taken)
-            return ("ok", {}) if value is TAKEN else ("ok", to_response(value))
+            return None if value is TAKEN else ("ok", to_response(value))
         except BaseException as exc:  # noqa: BLE001 - every outcome is an answer; _failure says which
             if given and not isinstance(exc, asyncio.CancelledError):
-                return "ok", {}  # the timeout fired after the answer went: nothing to say, nothing to log
+                return None  # the timeout fired after the answer went: nothing to say, nothing to log
             return self._failure(name, timeout_s, exc)
 
     def _failure(self, name: str, timeout_s: float, exc: BaseException) -> tuple[Status, dict[str, Any]]:
@@ -229,9 +231,9 @@ class ToolDispatcher:
         if isinstance(exc, ToolError):
             self._log.info("tool %s refused: %s", name, exc)
             return "error", {"error": str(exc) or f"The {name} tool failed."}
-        if _cancelling() and isinstance(exc, asyncio.CancelledError):
-            raise exc
-        if _cancelling():  # our cancellation, turned into another exception by the handler's cleanup
+        if _cancelling():  # our cancellation, perhaps turned into another exception by the handler's cleanup
+            if isinstance(exc, asyncio.CancelledError):
+                raise exc
             raise asyncio.CancelledError from exc
         if isinstance(exc, asyncio.CancelledError):  # raised by the handler itself: an answer is still owed
             self._log.error("tool %s raised CancelledError without being cancelled", name)
@@ -276,10 +278,3 @@ def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
 
-
-@dataclass(slots=True)
-class _Early:
-    """A sync handler's answer, once reported from its thread's callback (response None until then)."""
-
-    started: float
-    response: dict[str, Any] | None = None
