@@ -24,6 +24,7 @@ import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from phonebridge.server.ws_inline import MediaSocket  # noqa: E402
+from loopback import serve_loopback  # noqa: E402
 
 FRAME = ('{"event":"media","sequenceNumber":"5","media":{"track":"inbound","chunk":"4","timestamp":"80",'
          '"payload":"' + "/" * 212 + '"},"streamSid":"MZ' + "1" * 32 + '"}')
@@ -47,11 +48,7 @@ async def batches(inline: bool, frames: int, repeat: int) -> list[float]:
 
     app = web.Application()
     app.router.add_get("/", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    runner, port = await serve_loopback(app)
     out: list[float] = []
     try:
         async with aiohttp.ClientSession() as session, session.ws_connect(f"http://127.0.0.1:{port}/") as ws:

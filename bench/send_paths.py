@@ -37,6 +37,7 @@ import phonebridge.live.outbound as outbound  # noqa: E402
 from phonebridge.call.tool_types import ToolResult  # noqa: E402
 from phonebridge.live.link import audio_message  # noqa: E402
 from phonebridge.testing.tls import LocalTLS  # noqa: E402
+from loopback import serve_loopback  # noqa: E402
 
 PCM = bytes(640)
 ANSWER = [ToolResult("fc-1234", "lookup_order", {"order": {"id": 7, "status": "shipped", "items": [{"sku": "A-1"}]}})]
@@ -213,11 +214,7 @@ async def twilio_side() -> None:
         app = web.Application()
         app["mode"] = mode
         app.router.add_get("/", handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+        runner, port = await serve_loopback(app)
         peer = multiprocessing.get_context("fork").Process(target=_twilio_peer, args=(port, frames), daemon=True)
         peer.start()
         while peer.is_alive():
