@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from aiohttp import WSMsgType, web
 from google.genai import types
 
 from phonebridge.testing import live_wire as wire
+from phonebridge.testing.live_dispatch import decode, dispatch
 from phonebridge.testing.live_runner import run_conversation, send_resumable
 from phonebridge.testing.live_script import Script, default_script
 from phonebridge.testing.live_state import (
@@ -249,7 +249,7 @@ class LiveEmulator:
         except TimeoutError:
             await conn.close(1007, "Invalid argument: no setup message received.")
             return False
-        raw = _decode(msg)
+        raw = decode(msg)
         if raw is None or "setup" not in raw:
             await conn.close(1007, "Invalid argument: the first message must be setup.")
             return False
@@ -309,7 +309,7 @@ class LiveEmulator:
                 return int(msg.data), str(msg.extra or "")
             if msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return None, None
-            data = _decode(msg)
+            data = decode(msg)
             refusal = (1007, "Invalid JSON payload received.") if data is None else self._dispatch(conn, data)
             if refusal:
                 await conn.close(*refusal)
@@ -323,81 +323,5 @@ class LiveEmulator:
             await ws.close(code=code)
 
     def _dispatch(self, conn: Connection, raw: dict[str, Any]) -> tuple[int, str] | None:
-        """Record one client message and route it; returns (code, reason) if the service would refuse it."""
-        data = wire.normalise(raw)
-        keys = list(data)
-        if len(keys) != 1 or keys[0] not in wire.TOP_LEVEL:
-            return 1007, f"Invalid JSON payload received. Unknown name {keys!r}: Cannot find field."
-        key = keys[0]
-        conn.client_messages += 1
-        conv = conn.conversation
-        assert conv is not None
-        problem: str | None
-        if key == "setup":
-            problem = "Invalid argument: setup may be sent only once, as the first message."
-        elif key == "realtimeInput":
-            problem = self._realtime(conn, conv, data)
-        elif key == "clientContent":
-            problem = wire.client_content_problem(conn.setup, conn.realtime_seen) if self._strict else None
-            if problem is None and self.quirks.refuse_client_content:
-                problem = wire.CLIENT_CONTENT_REFUSED
-            conn.record_in("client_content", data)
-        else:
-            return self._tool_response(conn, conv, data)
-        return (1007, problem) if problem else None
-
-    def _realtime(self, conn: Connection, conv: Conversation, data: dict[str, Any]) -> str | None:
-        body = data["realtimeInput"]
-        model = str(conn.setup.get("model", ""))
-        problem = wire.realtime_input_problem(body, model) if self._strict else None
-        conn.realtime_seen = True
-        if problem:
-            conn.record_in("realtime_input", data)
-            return problem
-        if "audio" in body:
-            rate = wire.audio_rate(str(body["audio"].get("mimeType", ""))) or 16000
-            pcm = wire.decode_client_bytes(str(body["audio"].get("data", "")))
-            if conv.active is conn:  # a connection superseded by a resumed one no longer talks to the script
-                conv.hear_audio(pcm, rate)
-            conn.record_in("audio", data, audio=pcm)
-        elif "text" in body:
-            if conv.active is conn:
-                conv.pending_texts.append(str(body["text"]))
-            conn.record_in("text", data)
-        else:
-            kind = {"activityStart": "activity_start", "activityEnd": "activity_end", "audioStreamEnd": "audio_stream_end"}
-            field = next(iter(body), "")
-            if field in ("activityEnd", "audioStreamEnd") and conv.active is conn:
-                conv.hear_end_of_stream()  # the service ends the caller's turn on these, silence or not
-            conn.record_in(kind.get(field, "realtime_input"), data)
-        return None
-
-    def _tool_response(self, conn: Connection, conv: Conversation, data: dict[str, Any]) -> tuple[int, str] | None:
-        responses = data["toolResponse"].get("functionResponses") or []
-        unknown = []
-        for item in responses:
-            call_id = str(item.get("id", ""))
-            opened = conv.open_calls.pop(call_id, None)
-            if opened is None:
-                unknown.append(call_id)
-                continue
-            name, sent_at = opened
-            conv.tool_responses.append(ToolResponseRecord(call_id, name, dict(item.get("response") or {}), self.now() - sent_at))
-        conn.record_in("tool_response", data)
-        if not unknown:
-            return None
-        conv.fail(f"tool_response for unknown or closed call id(s) {', '.join(unknown)}")
-        if self._unknown_response_close is None:
-            return None
-        code, reason = self._unknown_response_close
-        return code, reason or wire.unknown_tool_response_problem(unknown)
-
-
-def _decode(msg: Any) -> dict[str, Any] | None:
-    if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-        return None
-    try:
-        data = json.loads(msg.data)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+        return dispatch(conn, raw, strict=self._strict, quirks=self.quirks,
+                        unknown_tool_response_close=self._unknown_response_close, now=self.now)

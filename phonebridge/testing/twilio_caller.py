@@ -1,17 +1,16 @@
 """TwilioCaller: a simulated Twilio call leg speaking Twilio's real wire protocol (shared/PROTOCOLS.md 1).
 
-1. POSTs the voice webhook (Twilio's form), signed by twilio's own ``RequestValidator`` over the *public*
-   URL while connecting to the local ``server_url``: Twilio only reaches public https URLs.
-2. Reads ``<Response><Connect><Stream url="wss://...">`` and its ``<Parameter>``s from the TwiML. Twilio drops
-   a stream url's query string, so this caller does too (for the signature and the connection). The
-   parameters go back as ``start.customParameters``, the call's stream token among them, as Twilio does.
-   ``start_overrides`` forges the ``start`` instead (another call's ``callSid``, a wrong token): the attack
-   a captured upgrade signature would allow, for security tests.
-3. Opens the WebSocket with the upgrade signed over that url (empty params), sends ``connected``, ``start``,
-   then ``media`` (160 mu-law bytes per 20 ms), ``dtmf``, ``stop``: ``sequenceNumber`` is shared and rises
-   by one, ``chunk`` counts frames from 1, ``timestamp`` is the frame's ms on the call's timeline.
+1. Dials as Twilio does (:mod:`phonebridge.testing.twilio_dial`): POSTs the voice webhook (Twilio's form) to
+   the local ``server_url``, signed over the *public* URL; reads ``<Response><Connect><Stream url="wss://...">``
+   and its ``<Parameter>``s from the TwiML; opens the WebSocket with a signed upgrade.
+2. The parameters go back as ``start.customParameters``, the call's stream token among them, as Twilio does.
+   ``start_overrides`` forges the ``start`` instead, for security tests.
+3. Sends ``connected``, ``start``, then ``media`` (160 mu-law bytes per 20 ms), ``dtmf``, ``stop``:
+   ``sequenceNumber`` is shared and rises by one, ``chunk`` counts frames from 1, ``timestamp`` is the frame's
+   ms on the call's timeline.
 4. Plays what the bridge sends through Twilio's playback buffer (:mod:`phonebridge.testing.playback`),
-   echoing marks as Twilio does, and records what the caller heard and when.
+   echoing marks as Twilio does, and records what the caller heard and when (the audio views are
+   :mod:`phonebridge.testing.twilio_recording`'s).
 
 Time: the call's timeline starts at 0 with the stream. At a finite ``speed`` it is the loop's clock times
 ``speed``; at ``math.inf`` frames go as fast as the socket takes them, each moves the timeline 20 ms, and
@@ -28,20 +27,28 @@ import math
 import secrets
 import ssl
 import time
-import uuid
 from collections.abc import Callable
 from os import PathLike
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from twilio.request_validator import RequestValidator
 
-from phonebridge.audio import ulaw_decode, ulaw_encode
-from phonebridge.errors import PhonebridgeError
-from phonebridge.testing.playback import LegCore, Received, parse_twiml, render_timeline
+from phonebridge.audio import ulaw_encode
+from phonebridge.testing.playback import LegCore, Received
 from phonebridge.testing.speech import synth_speech
-from phonebridge.testing.wav import read_wav, resample_pcm16, write_stereo_wav
+from phonebridge.testing.twilio_dial import (
+    CallRejected,
+    forge_start,
+    local_url,
+    open_media_socket,
+    post_voice_webhook,
+    read_twiml,
+)
+from phonebridge.testing.twilio_recording import CallRecording
+from phonebridge.testing.wav import read_wav, resample_pcm16
+
+__all__ = ["CallRejected", "TwilioCaller", "DTMF_DIGITS", "FRAME_BYTES", "FRAME_SECONDS", "RATE", "ULAW_SILENCE"]
 
 RATE = 8000
 FRAME_BYTES = 160
@@ -50,18 +57,10 @@ ULAW_SILENCE = b"\xff"  # mu-law code for 0
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 
-class CallRejected(PhonebridgeError):
-    """The server under test refused the call: a non-200 webhook, TwiML without a stream, a refused upgrade."""
-
-    def __init__(self, status: int, body: str, reason: str = "") -> None:
-        super().__init__(f"call rejected (HTTP {status}): {reason or body[:200]}")
-        self.status = status
-        self.body = body
-        self.reason = reason
-
-
-class TwilioCaller:
+class TwilioCaller(CallRecording):
     """One simulated inbound call to the phonebridge server at ``server_url``. See the module docstring."""
+
+    _rate = RATE
 
     def __init__(
         self,
@@ -152,28 +151,12 @@ class TwilioCaller:
     async def _post_webhook(self) -> None:
         assert self._session is not None
         url, form = self.public_url + self.voice_path, self.webhook_form()
-        headers = {"User-Agent": "TwilioProxy/1.1", "I-Twilio-Idempotency-Token": str(uuid.uuid4())}
-        if self.sign:
-            headers["X-Twilio-Signature"] = self._validator.compute_signature(url, form)
-        async with self._session.post(self._local(url), data=form, headers=headers) as response:
-            status, body = response.status, await response.text()
-        if status != 200:
-            raise CallRejected(status, body, "the voice webhook did not answer 200")
-        self.twiml = body
-        try:
-            self.stream_url, self.parameters = parse_twiml(body)
-        except ValueError as exc:
-            raise CallRejected(200, body, str(exc)) from None
+        self.twiml = await post_voice_webhook(self._session, url, self._local(url), form, self._signer)
+        self.stream_url, self.parameters = read_twiml(self.twiml)
 
     async def _open_stream(self) -> None:
         assert self._session is not None
-        headers = {"User-Agent": "Twilio.TmeWs/1.0"}
-        if self.sign:
-            headers["X-Twilio-Signature"] = self._validator.compute_signature(self.stream_url, {})
-        try:
-            self._ws = await self._session.ws_connect(self._local(self.stream_url), headers=headers)
-        except aiohttp.WSServerHandshakeError as exc:
-            raise CallRejected(exc.status, exc.message, "the media WebSocket upgrade was refused") from exc
+        self._ws = await open_media_socket(self._session, self.stream_url, self._local(self.stream_url), self._signer)
         # time.monotonic(), not the loop's clock: the same under asyncio, and uvloop's is cached per iteration
         # (a millisecond stale), which would make arrival times earlier than the sends that caused them.
         self._t0 = self.started_at = time.monotonic()
@@ -186,21 +169,14 @@ class TwilioCaller:
             self._tasks.append(asyncio.create_task(self._keep_streaming()))
 
     def _start_message(self) -> str:
-        text = self._core.start(self.parameters, RATE)
-        if not self._start_overrides:
-            return text
-        message = json.loads(text)
-        message["start"].update(self._start_overrides)
-        return json.dumps(message)
+        return forge_start(self._core.start(self.parameters, RATE), self._start_overrides)
+
+    @property
+    def _signer(self) -> RequestValidator | None:
+        return self._validator if self.sign else None
 
     def _local(self, public: str) -> str:
-        """Map a URL on the public host onto the local server the caller was given."""
-        url, pub, srv = urlsplit(public), urlsplit(self.public_url), urlsplit(self.server_url)
-        if url.hostname != pub.hostname:
-            raise CallRejected(200, self.twiml, f"{public} is not on the public host {pub.hostname}")
-        scheme = srv.scheme if url.scheme in ("http", "https") else {"http": "ws", "https": "wss"}[srv.scheme]
-        path = url.path[len(pub.path) :] if url.path.startswith(pub.path) else url.path
-        return urlunsplit((scheme, srv.netloc, srv.path + path, url.query, ""))
+        return local_url(public, self.public_url, self.server_url, self.twiml)
 
     # -- talking ----------------------------------------------------------------------------------------
 
@@ -369,39 +345,7 @@ class TwilioCaller:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    # -- observations -----------------------------------------------------------------------------------
-
-    @property
-    def media_bytes_received(self) -> int:
-        return self._core.media_bytes_received
-
-    def heard(self) -> bytes:
-        """mu-law as the caller heard it, in order (cleared audio never played, so it is not here)."""
-        return self._core.heard_ulaw()
-
-    def heard_pcm(self) -> bytes:
-        return ulaw_decode(self.heard())
-
-    @property
-    def heard_seconds(self) -> float:
-        return self._core.heard_bytes / RATE
-
-    @property
-    def playback_idle(self) -> bool:
-        """Nothing queued in the caller's playback buffer: all the agent audio received so far has played."""
-        return self._core.buffer.buffered_bytes == 0
-
-    def heard_timeline(self) -> bytes:
-        """What the caller heard as 8 kHz PCM16 on the call's timeline (silence where nothing played)."""
-        return render_timeline(self._core.heard, RATE)
-
-    def sent_pcm(self) -> bytes:
-        """What the caller said as 8 kHz PCM16 on the call's timeline."""
-        return render_timeline(self._core.sent, RATE)
-
-    def write_wav(self, path: str | PathLike[str]) -> None:
-        """A stereo WAV of the call: the caller on the left, what the caller heard on the right."""
-        write_stereo_wav(path, self.sent_pcm(), self.heard_timeline(), RATE)
+    # -- waiting ----------------------------------------------------------------------------------------
 
     async def wait_for(self, predicate: Callable[[TwilioCaller], bool], timeout: float = 10.0) -> None:
         """Return once ``predicate(self)`` holds; re-checked whenever something arrives or plays."""
