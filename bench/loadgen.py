@@ -28,11 +28,14 @@ from lean_caller import LeanCaller
 from lean_live import LeanLive, Timeline
 from procstat import CpuWindow, probe_loop_lag, rss_bytes
 
+import samplers
+
 from phonebridge.testing.speech import synth_speech
 from phonebridge.testing.twilio_caller import TwilioCaller
 
 RATE = 8000
 WARMUP_S = 1.0  # after the last call is up, before measuring
+SAMPLER_LEAD_S = 0.2  # samplers start this long before the window: their start-up stays out of it
 DIAL_TIMEOUT_S = 10.0
 BARGE_EVERY = 4  # every 4th caller turn talks over the agent
 THINK_S = 0.3  # the caller's pause after the agent stops, before answering
@@ -180,7 +183,10 @@ async def run_step(live: LeanLive, spec: dict[str, Any]) -> dict[str, Any]:
     stop = asyncio.Event()
     prober = asyncio.ensure_future(probe_loop_lag(lags, stop))
     cpu = CpuWindow({"serve": serve_pid, "loadgen": os.getpid()})
-    await asyncio.sleep(warmup)  # pacing of the run itself: measure a steady state
+    # pacing of the run itself: measure a steady state; the samplers' fork and exec fall just before the window
+    await asyncio.sleep(max(0.0, warmup - SAMPLER_LEAD_S))
+    sampling = samplers.start(serve_pid, seconds + SAMPLER_LEAD_S, spec.get("profile"), spec.get("perf"))
+    await asyncio.sleep(min(warmup, SAMPLER_LEAD_S))
     metrics_before = await scrape(spec["server_url"])
     cpu.start()
     lag_from = len(lags)
@@ -192,6 +198,7 @@ async def run_step(live: LeanLive, spec: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*[asyncio.wait_for(c.caller.hangup(), 5.0) for c in calls], return_exceptions=True)
     await asyncio.gather(*tasks, prober, return_exceptions=True)
     result = analyse(calls, window)
+    samplers.finish(sampling, 30.0)  # each stops by itself with the window: this waits for its file
     n = max(1, len(calls))
     result.update({
         "calls": len(calls), "failed_dials": failed, "seconds": seconds, "lockstep": lockstep,

@@ -33,7 +33,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-calls", type=int, default=500, help="stop stepping above this many calls")
     parser.add_argument("--seconds", type=float, default=None, help="measured seconds per step (default 20, quick 4)")
     parser.add_argument("--steps", default=None, help="comma-separated call counts, overriding the default ladder")
-    parser.add_argument("--profile", action="store_true", help="py-spy the server during the last step")
+    parser.add_argument("--profile", action="store_true", help="py-spy the server in every step's window")
+    parser.add_argument("--perf", action="store_true",
+                        help="perf the server in every step's window: its CPU by shared object (linux-perf)")
     parser.add_argument("--baseline", metavar="REV", default=None,
                         help="also run a git revision's server (a temporary worktree), step by step, for before/after")
     parser.add_argument("--lockstep", action="store_true",
@@ -61,10 +63,11 @@ def ladder(args: argparse.Namespace) -> list[int]:
 
 
 def _step(
-    calls: int, seconds: float, profile: Path | None, tree: Path | None, name: str, lockstep: bool = False
+    calls: int, seconds: float, samples: tuple[Path | None, Path | None], tree: Path | None, name: str,
+    lockstep: bool = False,
 ) -> dict[str, Any]:
     print(f"step: {calls} calls for {seconds:g} s ({name}) ...", file=sys.stderr, flush=True)
-    step = run_step(calls, seconds, profile, tree, lockstep)
+    step = run_step(calls, seconds, samples[0], tree, lockstep, samples[1])
     step["generator_bound"] = generator_bound(step)
     step["asked"] = calls  # step["calls"] is how many dials succeeded: the two trees pair by what was asked
     step["load_average"] = os.getloadavg()  # the machine may be shared: how busy it was around this step
@@ -87,11 +90,14 @@ def run_ladder(
     results: list[dict[str, Any]] = []
     before: list[dict[str, Any]] = []
     plan = ladder(args)
-    for index, calls in enumerate(plan):
-        profile = args.out / f"profile-{calls}.txt" if args.profile and index == len(plan) - 1 else None
+    for calls in plan:
+        # Every step: an open ladder's last is known only once it has run (py-spy's own CPU is on the
+        # generator's core, perf's a few percent on the server's: figures of a sampled run are not the ones to quote)
+        samples = (args.out / f"profile-{calls}.txt" if args.profile else None,
+                   args.out / f"perf-{calls}.data" if args.perf else None)
         if base_tree is not None:
-            before.append(_step(calls, seconds, None, base_tree, "baseline", args.lockstep))
-        step = _step(calls, seconds, profile, None, "current" if base_tree is not None else "", args.lockstep)
+            before.append(_step(calls, seconds, (None, None), base_tree, "baseline", args.lockstep))
+        step = _step(calls, seconds, samples, None, "current" if base_tree is not None else "", args.lockstep)
         results.append(step)
         # An open ladder stops where neither tree holds its p99; steps asked for by --steps all run.
         if not args.steps and all(not p99_ok(s) or s["generator_bound"] for s in (step, *before[-1:])):

@@ -111,7 +111,10 @@ def rows(
 ) -> list[Row]:
     if "error" in audio:  # a baseline whose quality run failed: its audio rows read nan
         audio = defaultdict(lambda: float("nan"))
-    out, _ = _scale_rows(steps, target_s, ref_calls)
+    out, best = _scale_rows(steps, target_s, ref_calls)
+    if steps:  # bench/run --perf: where the CPU went, at the table's step and at the last
+        shown = best or steps[0]
+        out += perf_rows(shown, _tag(shown)) + (perf_rows(steps[-1], _tag(steps[-1])) if steps[-1] is not shown else [])
     for way in ("outbound", "inbound"):
         gap = audio[f"{way}_ceiling"] - audio[f"{way}_pesq"]
         out.append((f"{way} PESQ-NB (G.711 ceiling {audio[f'{way}_ceiling']:.3f})", f"{audio[f'{way}_pesq']:.3f}", "within 0.02 of ceiling", _verdict(gap <= 0.02)))
@@ -145,6 +148,12 @@ def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
                 out.append((f"{label} p99 bucket, bridge's clock {tag}", f"<= {own * 1e3:g} ms", target,
                             _verdict(own <= 0.001, own)))
     return out
+
+
+def perf_rows(step: dict[str, Any], tag: str) -> list[Row]:
+    """The server's CPU by shared object (bench/run --perf), one row per group: what is Python and what not."""
+    return [(f"server CPU in {group} {tag}", f"{share:.1%} of samples", "INFO", "INFO")
+            for group, share in step.get("perf_split", {}).items()]
 
 
 def _key(figure: str) -> str:

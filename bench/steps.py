@@ -4,7 +4,6 @@ wait has a deadline and every process started here is terminated, then killed, b
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -16,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import samplers
 
 BENCH = Path(__file__).resolve().parent
 PUBLIC_URL = "https://bench.example.com"
@@ -118,12 +119,14 @@ def imported_from(env: dict[str, str], cwd: Path) -> str:
 
 
 def run_step(
-    calls: int, seconds: float, profile: Path | None = None, tree: Path | None = None, lockstep: bool = False
+    calls: int, seconds: float, profile: Path | None = None, tree: Path | None = None, lockstep: bool = False,
+    perf: Path | None = None,
 ) -> dict[str, Any]:
     """Start the load generator and a fresh server, run `calls` calls for `seconds`, return the numbers.
 
     With `tree`, the server imports phonebridge from that checkout (bench/run --baseline); the load generator
-    and the agent are this tree's either way, so both servers face the very same load."""
+    and the agent are this tree's either way, so both servers face the very same load. `profile` and `perf`
+    (paths) sample the server through the measured window (bench/samplers.py)."""
     python = sys.executable
     root = tree if tree is not None else BENCH.parent
     base_env = tree_env(tree) if tree is not None else dict(os.environ)
@@ -132,7 +135,6 @@ def run_step(
         cwd=BENCH,
     )
     serve: subprocess.Popen[bytes] | None = None
-    spy: subprocess.Popen[bytes] | None = None
     try:
         live = _read_json_line(gen, time.monotonic() + 30)
         port = _free_port()
@@ -146,33 +148,20 @@ def run_step(
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ]), env=env, cwd=root)
         _wait_healthy(port, serve)
-        if profile is not None:
-            spy = _start_profile(serve.pid, seconds, profile)
         spec = {"server_url": f"http://127.0.0.1:{port}", "serve_pid": serve.pid, "calls": calls,
                 "seconds": seconds, "public_url": PUBLIC_URL, "auth_token": AUTH_TOKEN, "account_sid": ACCOUNT_SID,
-                "lockstep": lockstep}
+                "lockstep": lockstep, "profile": profile and str(profile), "perf": perf and str(perf)}
         assert gen.stdin is not None
         gen.stdin.write(json.dumps(spec) + "\n")
         gen.stdin.flush()
         result = dict(_read_json_line(gen, time.monotonic() + seconds + calls * 0.2 + 65)["result"])
         result["bridge_p99_bucket"] = p99_buckets(result.pop("metrics_after", ""), result.pop("metrics_before", ""))
         result["tree"] = str(root)
+        if perf is not None:
+            result["perf_split"] = samplers.perf_split(perf)
         return result
     finally:
-        if spy is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                spy.wait(seconds + 30)  # it stops by itself after --duration and writes the profile
-        for proc in (spy, serve, gen):
+        for proc in (serve, gen):
             if proc is not None:
                 _stop(proc)
 
-
-def _start_profile(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        return None
-    return subprocess.Popen(
-        [spy, "record", "--pid", str(pid), "--duration", str(int(seconds + 2)), "--format", "raw",
-         "--output", str(out), "--nonblocking"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
