@@ -60,6 +60,7 @@ def _scale_rows(
         out += [
             (f"inbound added latency p50/p99 {tag}", f"{_ms(ref['inbound']['p50'])} / {_ms(ref['inbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["inbound"]["p99"] <= target_s)),
             (f"outbound added latency p50/p99 {tag}", f"{_ms(ref['outbound']['p50'])} / {_ms(ref['outbound']['p99'])}", "p99 <= 5 ms", _verdict(ref["outbound"]["p99"] <= target_s)),
+            *repeat_rows(ref, tag, target_s),
             (f"server CPU per call {tag}", f"{ref['cpu_per_call'] * 100:.2f} % of a core", "INFO", "INFO"),
             (f"server RSS per call (marginal) {tag}", f"{marginal_rss(steps, ref) / MIB:.3f} MiB", "<= 1 MiB", _verdict(marginal_rss(steps, ref) <= MIB)),
             *_reaction_rows(ref, tag),
@@ -140,6 +141,7 @@ def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
         for way in ("inbound", "outbound"):
             out.append((f"{way} added latency p50/p99 {tag}", f"{_ms(s[way]['p50'])} / {_ms(s[way]['p99'])}",
                         "p99 <= 5 ms", _verdict(s[way]["p99"] <= target_s)))
+        out += repeat_rows(s, tag, target_s)
         out.append((f"server CPU per call {tag}", f"{s['cpu_per_call'] * 100:.2f} % of a core", "INFO", "INFO"))
         buckets = s.get("bridge_p99_bucket", {})
         for kind, label, target in REACTIONS:
@@ -148,6 +150,16 @@ def step_rows(steps: list[dict[str, Any]], target_s: float) -> list[Row]:
                 out.append((f"{label} p99 bucket, bridge's clock {tag}", f"<= {own * 1e3:g} ms", target,
                             _verdict(own <= 0.001, own)))
     return out
+
+
+def repeat_rows(step: dict[str, Any], tag: str, target_s: float) -> list[Row]:
+    """bench/run --repeat: every run's p99 in and out (ms), the step's figures being its median run's."""
+    runs = step.get("repeats", [])
+    if len(runs) < 2:
+        return []
+    shown = ", ".join(f"{r['inbound_p99'] * 1e3:.1f}/{r['outbound_p99'] * 1e3:.1f}" for r in runs) + " ms"
+    held = sum(max(r["inbound_p99"], r["outbound_p99"]) <= target_s for r in runs)
+    return [(f"p99 in/out of each of {len(runs)} runs {tag}", shown, f"{held} of {len(runs)} within target", "INFO")]
 
 
 def perf_rows(step: dict[str, Any], tag: str) -> list[Row]:
