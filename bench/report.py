@@ -74,8 +74,8 @@ def _scale_rows(
 
 REACTIONS = (
     ("clear", "interrupted -> clear", "<= 1 ms"),
-    ("tool_start", "toolCall -> handler start", "< 1 ms"),
-    ("tool_reply", "handler return -> tool_response", "< 1 ms"),
+    ("tool_start", "toolCall -> handler start", "<= 1 ms"),  # issue 17's targets, as it words them
+    ("tool_reply", "handler return -> tool_response", "<= 1 ms"),
 )
 
 
