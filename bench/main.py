@@ -111,10 +111,10 @@ def run_ladder(
                 base_runs.append(_step(calls, seconds, (None, None), base_tree, "baseline", args.lockstep))
             runs.append(_step(calls, seconds, _samples(args, calls, repeat), None,
                               "current" if base_tree is not None else "", args.lockstep))
-        step = median_run(runs) if len(runs) > 1 else runs[0]
+        step = median_run(runs)
         results.append(step)
         if base_runs:
-            before.append(median_run(base_runs) if len(base_runs) > 1 else base_runs[0])
+            before.append(median_run(base_runs))
         # An open ladder stops where neither tree holds its p99; steps asked for by --steps all run.
         if not args.steps and all(not p99_ok(s) or s["generator_bound"] for s in (step, *before[-1:])):
             break

@@ -33,8 +33,16 @@ _DSO_LINE = re.compile(r"^\s*([0-9.]+)%\s+(\S.*?)\s*$")
 
 def start(pid: int, seconds: float, profile: str | None, perf: str | None) -> list[subprocess.Popen[bytes]]:
     """Start whichever samplers were asked for on `pid`, for `seconds`: each writes its file and exits."""
-    procs = [py_spy(pid, seconds, Path(profile)) if profile else None, perf_record(pid, seconds, Path(perf)) if perf else None]
-    return [p for p in procs if p is not None]
+    procs = []
+    for out, begin, tool in ((profile, py_spy, "py-spy (the bench extra)"), (perf, perf_record, "perf (linux-perf)")):
+        if not out:
+            continue
+        proc = begin(pid, seconds, Path(out))
+        if proc is None:  # asked for and not there: said, not silently an empty table
+            print(f"samplers: {tool} is not installed, so no {out}", file=sys.stderr, flush=True)
+        else:
+            procs.append(proc)
+    return procs
 
 
 def finish(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
@@ -47,9 +55,15 @@ def finish(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
             proc.wait()
 
 
-def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+def py_spy_path() -> str | None:
+    """py-spy on PATH, or beside this Python (the bench extra installs it into the venv); None if neither."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
+    return spy if Path(spy).exists() else None
+
+
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes] | None:
+    spy = py_spy_path()
+    if spy is None:
         return None
     return subprocess.Popen(
         [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--format", "raw",

@@ -70,8 +70,7 @@ def test_a_step_samples_the_server_through_its_window(tmp_path: Path) -> None:
         pytest.skip("perf (Debian's linux-perf, in .ci/packages.txt) is not installed")
     import steps
 
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    profile = tmp_path / "profile.txt" if Path(spy).exists() else None
+    profile = tmp_path / "profile.txt" if samplers.py_spy_path() is not None else None
     result = steps.run_step(2, 2.0, profile=profile, perf=tmp_path / "perf.data")
     assert result["calls"] == 2
     split = result["perf_split"]
@@ -81,3 +80,13 @@ def test_a_step_samples_the_server_through_its_window(tmp_path: Path) -> None:
         stacks = profile.read_text()
         assert "phonebridge/" in stacks
         assert "AsyncLive.connect" not in stacks  # the calls were up before the window: no setup in it
+
+
+def test_a_sampler_asked_for_but_not_installed_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(samplers, "py_spy_path", lambda: None)
+    monkeypatch.setattr(samplers.shutil, "which", lambda name: None)
+    assert samplers.start(1, 1.0, str(tmp_path / "profile.txt"), str(tmp_path / "perf.data")) == []
+    err = capsys.readouterr().err
+    assert "py-spy (the bench extra) is not installed" in err and "perf (linux-perf) is not installed" in err
+    assert samplers.start(1, 1.0, None, None) == [] and capsys.readouterr().err == ""
