@@ -62,16 +62,11 @@ def audio_events(data: Mapping[str, Any]) -> list[ModelEvent] | None:
         if pcm is None:
             return None
         events.append(AudioOut(pcm))
-    if "outputTranscription" in content:
-        transcript = content["outputTranscription"]
-        if not isinstance(transcript, dict) or not set(transcript) <= {"text", "finished"}:
-            return None
-        text = transcript.get("text")
-        finished = transcript.get("finished")
-        if not isinstance(text, (str, type(None))) or not isinstance(finished, (bool, type(None))):
-            return None
-        if text:
-            events.append(OutputText(text))
+    said = _transcription(content.get("outputTranscription"))
+    if said is None:
+        return None
+    if said[0]:
+        events.append(OutputText(said[0]))
     return events
 
 
